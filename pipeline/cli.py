@@ -1,0 +1,207 @@
+"""`mmtc`: the command line. It parses, checks, and calls; the work happens in the modules it names."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .typed_yaml import ConfigError
+
+EPILOG = """examples:
+  mmtc run                                   # the demo recipe on the embedded demo corpus
+  mmtc run stages/demo.yaml --run-dir runs/x --set train.max_steps=200
+  mmtc run my_recipe.yaml --nproc 2          # 2 local processes (DeepSpeed launcher underneath)
+  mmtc eval runs/x --split test              # BLEU and chrF per direction
+  echo "Where is the station?" | mmtc translate runs/x --src eng --tgt fra
+  mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
+  mmtc data demo                             # build (and cache) the embedded demo corpus
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mmtc", description="Multilingual MT training with curricula and balancing, on DeepSpeed.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a recipe (default: stages/demo.yaml), then evaluate")
+    run.add_argument("recipe", nargs="?", help="recipe YAML, or a name in stages/ (default: demo)")
+    run.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe key, e.g. --set train.max_steps=200 (repeatable)")
+    run.add_argument("--nproc", type=int, default=1, help="local processes (DeepSpeed launcher when > 1)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    mode.add_argument("--overwrite", action="store_true", help="delete --run-dir first")
+
+    ev = sub.add_parser("eval", help="BLEU and chrF per direction for a run's checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=["dev", "test"], default="test")
+    ev.add_argument("--checkpoint", help="a checkpoint tag (default: the latest committed one)")
+    ev.add_argument("--beam", type=int)
+    ev.add_argument("--max-sentences", type=int, help="per direction (default: all)")
+
+    tr = sub.add_parser("translate", help="translate lines from stdin with a run's model")
+    tr.add_argument("run_dir")
+    tr.add_argument("--src", required=True, help="source language code, e.g. eng")
+    tr.add_argument("--tgt", required=True, help="target language code, e.g. fra")
+    tr.add_argument("--beam", type=int)
+    tr.add_argument("--checkpoint")
+
+    data = sub.add_parser("data", help="corpus tools")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    chk = dsub.add_parser("check", help="validate a corpus manifest (or a recipe's corpus) and print its summary")
+    chk.add_argument("manifest", help="a corpus manifest YAML, or a recipe whose data.corpus names one")
+    chk.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="recipe overrides when checking with the recipe's filters")
+    dsub.add_parser("demo", help="build (once) and cache the Wesnoth demo corpus; print where it is")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "translate":
+            return cmd_translate(args)
+        if args.command == "data":
+            return cmd_data(args)
+    except ConfigError as exc:
+        print(f"mmtc: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from .data.corpus import DataError
+        from .data.demo import DemoUnavailable
+        from .rundir import RunDirError
+
+        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, FileNotFoundError)):
+            print(f"mmtc: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_recipe, resolve_recipe_path
+    from .data.prepare import copy_tokenizer
+    from .rundir import RunDir
+    from .worker import load_corpus
+
+    path = resolve_recipe_path(args.recipe)
+    recipe = load_recipe(path, args.sets)
+    run = RunDir(args.run_dir or Path("runs") / path.stem)
+    if args.resume:
+        if not run.exists():
+            print(f"mmtc: --resume: {run.path} holds no run", file=sys.stderr)
+            return 2
+        recipe = run.load_config()
+    else:
+        run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
+    print(f"run directory: {run.path}", flush=True)
+    # Prepare data here, before any worker starts: errors surface once, and workers hit the cache.
+    corpus = load_corpus(recipe, run, print)
+    copy_tokenizer(corpus, run.path)
+    run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
+    if args.nproc <= 1:
+        from .worker import train_main
+
+        train_main(str(run.path), resume=args.resume, corpus=corpus)
+        return 0
+    return launch(run.path, args.nproc, args.resume)
+
+
+def launch(run_dir: Path, nproc: int, resume: bool) -> int:
+    """Start `nproc` local workers through DeepSpeed's launcher (it sets RANK, WORLD_SIZE, ...)."""
+    from .engine import free_port
+
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+           "--master_port", str(free_port()), "--no_local_rank", "--module", "pipeline.worker", str(run_dir)]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return subprocess.call(cmd, env=env)
+
+
+def _run_context(run_dir: str) -> tuple[object, object, object]:
+    from .rundir import RunDir
+    from .worker import load_corpus
+
+    run = RunDir(run_dir)
+    recipe = run.load_config()
+    corpus = load_corpus(recipe, run, lambda _m: None)
+    return run, recipe, corpus
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import format_table
+    from .evaluation_run import evaluate_run
+
+    run, recipe, corpus = _run_context(args.run_dir)
+    if args.beam:
+        recipe.eval.beam = args.beam  # type: ignore[attr-defined]
+    if args.max_sentences:
+        recipe.eval.max_sentences = args.max_sentences  # type: ignore[attr-defined]
+    results = evaluate_run(run, corpus, recipe, split=args.split, tag=args.checkpoint)  # type: ignore[arg-type]
+    groups = {d.name: d.group for d in corpus.manifest.directions}  # type: ignore[attr-defined]
+    print(f"checkpoint {results['checkpoint']}")
+    print(format_table(results, groups))
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .evaluate import translate_ids
+    from .evaluation_run import load_model
+    from .rundir import RunDir
+    from .tokenizer import Tokenizer
+
+    run = RunDir(args.run_dir)
+    recipe = run.load_config()
+    tok = Tokenizer(run.tokenizer)
+    if args.beam:
+        recipe.eval.beam = args.beam
+    model, _ = load_model(run, recipe, tok.vocab_size, tok.pad_id, args.checkpoint)
+    if args.src not in tok.languages:
+        print(f"mmtc: note: {args.src!r} is not a language of this run ({', '.join(tok.languages)})", file=sys.stderr)
+    tag_id = tok.tag_id(args.tgt)
+    lines = [line.rstrip("\n") for line in sys.stdin]
+    ids = tok.encode([line.strip() for line in lines])
+    hyps = translate_ids(model, ids, tag_id, tok, recipe.eval, model_device(model))
+    for h in tok.decode_batch(hyps):
+        print(h)
+    return 0
+
+
+def model_device(model: object) -> object:
+    import torch
+
+    assert isinstance(model, torch.nn.Module)
+    return next(model.parameters()).device
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+
+    if args.data_command == "demo":
+        from .data.demo import build_demo_corpus
+        from .data.prepare import cache_root
+
+        path = build_demo_corpus(cache_root(DataConfig()), log=print)
+        print(f"demo corpus manifest: {path}")
+        return 0
+    from .data.check import check_manifest
+
+    print(check_manifest(args.manifest, args.sets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The recipe: one typed config tree, loaded from YAML plus `--set` overrides and validated once."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .typed_yaml import ConfigError, bind, load_yaml_file, set_dotted, to_plain
+
+Check = list[tuple[str, str]]
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "demo"  # a manifest path, or "demo" for the embedded Wesnoth corpus
+    max_len: int = 128  # subword tokens per side (train pairs above it are dropped and counted)
+    max_len_ratio: float = 4.0  # longer side / shorter side, in tokens
+    on_invalid: Literal["error", "skip"] = "error"  # invalid UTF-8 lines
+    allow_eval_drops: bool = False  # let filters drop dev/test pairs instead of failing
+    cache_dir: str | None = None  # default: $MMTC_CACHE or ~/.cache/mmtc
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.max_len < 2:
+            out.append((_key(path, "max_len"), "must be >= 2"))
+        if self.max_len_ratio < 1:
+            out.append((_key(path, "max_len_ratio"), "must be >= 1"))
+        return out
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    temperature: float = 5.0  # languages are mixed p ∝ D^(1/τ) for training the pieces
+    max_sentences: int = 2_000_000
+    character_coverage: float = 0.9995
+    byte_fallback: bool = True
+    seed: int = 17
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.vocab_size < 64:
+            out.append((_key(path, "vocab_size"), "must be >= 64"))
+        if self.temperature <= 0:
+            out.append((_key(path, "temperature"), "must be > 0"))
+        if not 0 < self.character_coverage <= 1:
+            out.append((_key(path, "character_coverage"), "must be in (0, 1]"))
+        return out
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["tiny", "base", "big"] = "tiny"
+    d_model: int | None = None
+    encoder_layers: int | None = None
+    decoder_layers: int | None = None
+    heads: int | None = None
+    ffn_dim: int | None = None
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    label_smoothing: float = 0.1
+    max_positions: int = 1024
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                out.append((_key(path, name), "must be in [0, 1)"))
+        from .model import resolve_arch
+
+        arch = resolve_arch(self)
+        if arch.d_model % arch.heads:
+            out.append((_key(path, "heads"), f"d_model {arch.d_model} is not divisible by {arch.heads} heads"))
+        return out
+
+
+@dataclass
+class SamplingConfig:
+    """Which sampler owns the direction mix; `params` are checked by the sampler itself."""
+
+    kind: str = "temperature"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, path: str) -> Check:
+        from .sampling import check_sampling
+
+        return check_sampling(self, path)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # optimizer steps for the whole run (every stage counts)
+    max_tokens: int = 4096  # padded tokens per micro-batch (per rank), the larger side counted
+    grad_accum: int = 1
+    lr: float = 5e-4
+    lr_schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    warmup_steps: int = 400
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-8
+    clip_norm: float = 1.0
+    precision: Literal["fp32", "bf16", "amp_bf16", "fp16"] = "fp32"
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end of each stage
+    keep_last: int = 2
+    threads: int | None = None  # torch threads per process (default: cores / processes)
+    chunk_steps: int = 32  # data order is regenerated per chunk of steps, see pipeline/data/batches.py
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        positive = ("max_steps", "max_tokens", "grad_accum", "log_every", "chunk_steps", "keep_last")
+        for name in positive:
+            if getattr(self, name) < 1:
+                out.append((_key(path, name), "must be >= 1"))
+        if self.lr <= 0:
+            out.append((_key(path, "lr"), "must be > 0"))
+        if self.warmup_steps < 0 or self.save_every < 0:
+            out.append((_key(path, "warmup_steps"), "must be >= 0"))
+        if len(self.adam_betas) != 2:
+            out.append((_key(path, "adam_betas"), "must hold two numbers"))
+        return out
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str = "zero0"  # a name in ds_configs/ (zero0..zero3, zero3_offload) or a JSON path
+    overrides: dict[str, Any] = field(default_factory=dict)  # merged over the JSON
+
+
+@dataclass
+class EvalConfig:
+    beam: int = 4
+    length_penalty: float = 1.0
+    max_len_a: float = 1.5  # hypothesis length limit: a * source length + b
+    max_len_b: int = 10
+    batch_tokens: int = 6000
+    max_sentences: int | None = None  # per direction and split; None evaluates everything
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    baseline: bool = True  # also score the copy-the-source baseline
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.beam < 1:
+            out.append((_key(path, "beam"), "must be >= 1"))
+        for i, s in enumerate(self.splits):
+            if s not in ("dev", "test"):
+                out.append((f"{_key(path, 'splits')}[{i}]", f"must be dev or test, got {s!r}"))
+        return out
+
+
+@dataclass
+class StageConfig:
+    name: str
+    directions: list[str] = field(default_factory=lambda: ["all"])  # "eng-fra", "group:hrl", "all"
+    sampling: SamplingConfig | None = None  # None: the recipe's top-level sampling
+    max_steps: int | None = None  # steps in this stage; None: until train.max_steps
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if not self.name or not self.name.replace("-", "_").isidentifier():
+            out.append((_key(path, "name"), f"must be a simple name (letters, digits, _ or -), got {self.name!r}"))
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append((_key(path, "max_steps"), "must be >= 1"))
+        if not self.directions:
+            out.append((_key(path, "directions"), "must name at least one direction or group"))
+        return out
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "run"
+    seed: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def check(self, path: str) -> Check:
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        return [("stages", f"stage names must be unique; repeated: {', '.join(dup)}")] if dup else []
+
+    def resolved_stages(self) -> list[StageConfig]:
+        """The stages to run; a recipe without `stages:` is one stage over every direction."""
+        if self.stages:
+            return self.stages
+        return [StageConfig(name="main", directions=["all"], sampling=None, max_steps=None)]
+
+    def stage_sampling(self, stage: StageConfig) -> SamplingConfig:
+        return stage.sampling if stage.sampling is not None else self.sampling
+
+
+def resolve_recipe_path(recipe: str | Path | None) -> Path:
+    """`None` is the demo recipe; a bare name like `demo` finds `stages/demo.yaml`."""
+    if recipe is None:
+        return PACKAGE_ROOT / "stages" / "demo.yaml"
+    p = Path(recipe)
+    if p.exists():
+        return p
+    candidate = PACKAGE_ROOT / "stages" / (p.name if p.suffix else f"{p.name}.yaml")
+    if candidate.exists():
+        return candidate
+    raise ConfigError([f"{recipe}: recipe not found (looked in . and {PACKAGE_ROOT / 'stages'})"])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    data, lines = load_yaml_file(path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: a recipe must be a mapping"], str(path))
+    data = copy.deepcopy(data)
+    for ov in overrides:
+        set_dotted(data, ov)
+    cfg = bind(RecipeConfig, data, lines)
+    # Relative corpus paths are relative to the recipe's folder, so recipes travel with their data.
+    corpus = cfg.data.corpus
+    if corpus != "demo" and not Path(corpus).is_absolute():
+        local = (Path(path).parent / corpus).resolve()
+        if local.exists() or not Path(corpus).exists():
+            cfg.data.corpus = str(local)
+        else:
+            cfg.data.corpus = str(Path(corpus).resolve())
+    return cfg
+
+
+def recipe_from_plain(data: dict[str, Any]) -> RecipeConfig:
+    return bind(RecipeConfig, data)
+
+
+def recipe_to_plain(cfg: RecipeConfig) -> dict[str, Any]:
+    return to_plain(cfg)

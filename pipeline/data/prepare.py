@@ -1,0 +1,222 @@
+"""Manifest -> validated, filtered, tokenised and cached corpus, with a summary of what was dropped.
+
+The cache is keyed by content: each split by the hash of its bytes, the filter settings and the
+tokenizer model's bytes; the tokenizer by the hash of every training split and its own config.
+A second run over the same data therefore neither retrains the tokenizer nor tokenises again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig, TokenizerConfig
+from ..tokenizer import Tokenizer, train_tokenizer
+from ..typed_yaml import to_plain
+from .corpus import DataError, RawSplit, read_split
+from .filters import count, empty_mask, length_mask
+from .manifest import Manifest, SourceSpec, load_manifest
+from .store import TokenSplit, load_split, ragged, save_split
+
+CACHE_VERSION = "1"
+SPLITS = ("train", "dev", "test")
+Log = Callable[[str], None]
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("MMTC_CACHE") or Path.home() / ".cache" / "mmtc")
+
+
+@dataclass
+class PreparedCorpus:
+    manifest: Manifest
+    tokenizer: Tokenizer
+    splits: dict[str, dict[str, TokenSplit]]  # split -> direction -> tokens
+    summary: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def sizes(self, names: list[str]) -> list[int]:
+        return [len(self.splits["train"][n]) for n in names]
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def resolve_manifest(cfg: DataConfig, log: Log) -> Path:
+    if cfg.corpus == "demo":
+        from .demo import build_demo_corpus
+
+        return build_demo_corpus(cache_root(cfg), log=log)
+    return Path(cfg.corpus)
+
+
+def _specs(manifest: Manifest) -> list[tuple[str, str, SourceSpec]]:
+    out = []
+    for d in manifest.directions:
+        for split in SPLITS:
+            spec = getattr(d, split)
+            if spec is not None:
+                out.append((d.name, split, spec))
+    return out
+
+
+def read_all(manifest: Manifest, on_invalid: str) -> dict[tuple[str, str], RawSplit]:
+    """Read every split, collecting every data error before raising (one report, not one per run)."""
+    errors: list[str] = []
+    out: dict[tuple[str, str], RawSplit] = {}
+    for name, split, spec in _specs(manifest):
+        try:
+            out[(name, split)] = read_split(spec, on_invalid, f"{name} {split}")
+        except DataError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise DataError(errors)
+    return out
+
+
+def prepare_corpus(
+    data: DataConfig, tok_cfg: TokenizerConfig, log: Log = print, manifest_path: Path | None = None,
+    tokenizer_path: Path | None = None,
+) -> PreparedCorpus:
+    """Load the corpus named by `data`; reuse `tokenizer_path` if given (resume, eval), else train/cache one."""
+    mpath = manifest_path or resolve_manifest(data, log)
+    manifest = load_manifest(mpath)
+    raw = read_all(manifest, data.on_invalid)
+    hollow = [f"{n} train ({r.origin}): no pairs left after filtering (all {len(r.src)} are empty on a side)"
+              for (n, s), r in raw.items() if s == "train" and not empty_mask(r.src, r.tgt).any()]
+    if hollow:
+        raise DataError(hollow)
+    root = cache_root(data)
+    fingerprint = _hash(*(f"{n}/{s}/{r.fingerprint}" for (n, s), r in sorted(raw.items())))
+    if tokenizer_path is None:
+        tokenizer = _tokenizer(manifest, raw, tok_cfg, root, log)
+    else:
+        tokenizer = Tokenizer(tokenizer_path)
+    tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
+    filt = json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, CACHE_VERSION])
+    splits: dict[str, dict[str, TokenSplit]] = {s: {} for s in SPLITS}
+    errors: list[str] = []
+    summary: dict[str, Any] = {"manifest": str(mpath), "directions": {}}
+    for (name, split), rs in raw.items():
+        key = _hash(rs.fingerprint, tok_hash, filt, "train" if split == "train" else "eval")
+        path = root / "tokens" / key
+        ts = load_split(path)
+        if ts is None:
+            try:
+                ts = _tokenize(rs, tokenizer, data, name, split)
+            except DataError as exc:
+                errors.extend(exc.errors)
+                continue
+            save_split(path, ts)
+        splits[split][name] = ts
+        meta = ts.meta or {}
+        entry = summary["directions"].setdefault(name, {})
+        entry[split] = {"pairs": len(ts), "dropped": meta.get("dropped", {}), "seen": meta.get("seen", len(ts))}
+    if errors:
+        raise DataError(errors)
+    for d in manifest.directions:
+        summary["directions"][d.name]["group"] = d.group
+    summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "path": str(tokenizer.path)}
+    log(format_summary(summary))
+    return PreparedCorpus(manifest, tokenizer, splits, summary, fingerprint)
+
+
+def _tokenizer(manifest: Manifest, raw: dict[tuple[str, str], RawSplit], cfg: TokenizerConfig, root: Path,
+               log: Log) -> Tokenizer:
+    langs = manifest.languages
+    key = _hash(*(raw[(d.name, "train")].fingerprint for d in manifest.directions), json.dumps(to_plain(cfg)),
+                *langs)
+    path = root / "tokenizers" / key / "spm.model"
+    if path.is_file():
+        log(f"tokenizer: cached {path}")
+        return Tokenizer(path)
+    texts: dict[str, dict[str, None]] = {lang: {} for lang in langs}
+    for d in manifest.directions:
+        rs = raw[(d.name, "train")]
+        for s, t in zip(rs.src, rs.tgt):
+            if s and t:  # the same pairs training will see: empty ones are dropped
+                texts[d.src][s] = None
+                texts[d.tgt][t] = None
+    log(f"tokenizer: training {cfg.model_type} vocab {cfg.vocab_size} on {sum(map(len, texts.values()))} "
+        f"distinct sentences (τ={cfg.temperature})")
+    tok = train_tokenizer({k: list(v) for k, v in texts.items()}, langs, cfg, path)
+    return tok
+
+
+def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: str) -> TokenSplit:
+    nonempty = empty_mask(rs.src, rs.tgt)
+    src_ids = tok.encode(rs.src)
+    tgt_ids = tok.encode(rs.tgt)
+    src_lens = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
+    tgt_lens = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+    too_long, bad_ratio = length_mask(src_lens, tgt_lens, cfg.max_len, cfg.max_len_ratio)
+    empty = ~nonempty
+    too_long &= nonempty
+    bad_ratio &= nonempty
+    drops = count({"empty": empty, "too_long": too_long, "bad_ratio": bad_ratio})
+    drops.update(rs.dropped)
+    lines = np.asarray(rs.lines, dtype=np.int64)
+    if split != "train" and drops and not cfg.allow_eval_drops:
+        raise DataError([_eval_drop_message(name, split, rs, empty, too_long, bad_ratio, drops)])
+    keep = nonempty & ~too_long & ~bad_ratio
+    if not keep.any():
+        raise DataError([f"{name} {split} ({rs.origin}): no pairs left after filtering "
+                         f"(dropped: {dict(drops)}); check the files or data.max_len / data.max_len_ratio"])
+    idx = np.flatnonzero(keep)
+    src, src_off = ragged([src_ids[i] for i in idx])
+    tgt, tgt_off = ragged([tgt_ids[i] for i in idx])
+    texts = None
+    if split != "train":
+        texts = {"src": [rs.src[i] for i in idx], "tgt": [rs.tgt[i] for i in idx]}
+    meta = {"seen": len(rs.src) + sum(rs.dropped.values()), "dropped": dict(drops), "origin": rs.origin}
+    return TokenSplit(src, src_off, tgt, tgt_off, lines[idx], texts, meta)
+
+
+def _eval_drop_message(name: str, split: str, rs: RawSplit, empty: np.ndarray, too_long: np.ndarray,
+                       bad_ratio: np.ndarray, drops: Counter[str]) -> str:
+    parts = []
+    for reason, mask in (("empty", empty), ("too_long", too_long), ("bad_ratio", bad_ratio)):
+        if mask.any():
+            where = [rs.lines[i] for i in np.flatnonzero(mask)[:5]]
+            parts.append(f"{reason}: {int(mask.sum())} (lines {', '.join(map(str, where))}"
+                         f"{', ...' if mask.sum() > 5 else ''})")
+    if drops.get("invalid_utf8"):
+        parts.append(f"invalid_utf8: {drops['invalid_utf8']}")
+    return (f"{name} {split} ({rs.origin}): {sum(drops.values())} pairs would be dropped: {'; '.join(parts)}. "
+            "Evaluation sets are not filtered silently: fix the data or set data.allow_eval_drops: true")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = ["data summary (pairs kept; dropped by reason):"]
+    for name, entry in summary["directions"].items():
+        cells = []
+        for split in SPLITS:
+            if split in entry:
+                e = entry[split]
+                drop = ", ".join(f"{k} {v}" for k, v in sorted(e["dropped"].items()))
+                cells.append(f"{split} {e['pairs']}" + (f" (dropped {drop})" if drop else ""))
+        group = f" [{entry.get('group')}]" if entry.get("group") else ""
+        rows.append(f"  {name}{group}: " + "; ".join(cells))
+    return "\n".join(rows)
+
+
+def copy_tokenizer(corpus: PreparedCorpus, run_dir: Path) -> Path:
+    dest = run_dir / "tokenizer" / "spm.model"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        shutil.copyfile(corpus.tokenizer.path, dest)
+    return dest

@@ -1,0 +1,199 @@
+"""The one module that imports DeepSpeed: process-group setup, engine construction, checkpoint I/O."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# DeepSpeed picks its accelerator at import time; on a machine without CUDA it must be the CPU one.
+if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    os.environ["DS_ACCELERATOR"] = "cpu"
+
+import deepspeed  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from .config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
+from .schedule import StepSchedule  # noqa: E402
+
+logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+deepspeed.utils.logger.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_distributed(threads: int | None = None) -> Dist:
+    """Join (or, alone, create) the process group. Ranks come from the launcher's environment."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Dist(rank, world, local_rank, device)
+
+
+def ds_config(recipe: RecipeConfig, world: int) -> dict[str, Any]:
+    """The DeepSpeed JSON from ds_configs/, merged with what the recipe decides."""
+    name = recipe.deepspeed.config
+    path = Path(name) if name.endswith(".json") else PACKAGE_ROOT / "ds_configs" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"deepspeed.config: {path} not found (names: zero0..zero3, zero3_offload)")
+    cfg: dict[str, Any] = json.loads(path.read_text())
+    t = recipe.train
+    offload = bool(cfg.get("zero_optimization", {}).get("offload_optimizer"))
+    cfg.update(
+        # Batches are token budgets, not sample counts: DeepSpeed only needs a consistent triple.
+        train_micro_batch_size_per_gpu=1,
+        gradient_accumulation_steps=t.grad_accum,
+        train_batch_size=t.grad_accum * world,
+        gradient_clipping=t.clip_norm,
+        optimizer={
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay,
+                # torch's AdamW on CPU (FusedAdam needs CUDA); DeepSpeedCPUAdam when offloading.
+                **({"torch_adam": True} if not torch.cuda.is_available() and not offload else {}),
+            },
+        },
+    )
+    if t.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif t.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    elif t.precision == "amp_bf16":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    _merge(cfg, recipe.deepspeed.overrides)
+    return cfg
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+class Engine:
+    """A DeepSpeed engine around the model, with the LR schedule as a pure function of the step."""
+
+    def __init__(self, model: torch.nn.Module, recipe: RecipeConfig, dist_info: Dist, total_steps: int) -> None:
+        self.dist = dist_info
+        self.config = ds_config(recipe, dist_info.world)
+        self.zero_stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
+        model.to(dist_info.device)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.config,
+            lr_scheduler=lambda opt: StepSchedule(opt, recipe.train, total_steps),
+        )
+        self.schedule: StepSchedule = self.ds.lr_scheduler
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def __call__(self, *args: Any) -> Any:
+        return self.ds(*args)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        self.ds.step()
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
+        self.ds.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, root: Path, tag: str) -> dict[str, Any]:
+        path, client_state = self.ds.load_checkpoint(
+            str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+        return client_state or {}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Every parameter in float32 on rank 0 (None elsewhere); a collective under ZeRO-3."""
+        params = list(self.module.parameters())
+        if self.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                state = self._cpu_state() if self.dist.is_main else None
+            return state
+        return self._cpu_state() if self.dist.is_main else None
+
+    def _cpu_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def consolidated_state(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full float32 weights of a committed tag, whatever world size or ZeRO stage wrote it."""
+    single = tag_dir / "consolidated.pt"
+    if single.is_file():
+        return torch.load(single, map_location="cpu", weights_only=True)
+    if zero_stage == 0:
+        state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in state["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)

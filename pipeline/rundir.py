@@ -1,0 +1,97 @@
+"""The run directory: what lives where, and the rule that an existing run is never overwritten silently."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import RecipeConfig, recipe_from_plain, recipe_to_plain
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # layout
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / "tokenizer" / "spm.model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.path / "data_summary.json"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "run.json"
+
+    def eval_dir(self, tag: str) -> Path:
+        return self.path / "eval" / tag
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def create(self, recipe: RecipeConfig, *, overwrite: bool, source: str, overrides: list[str]) -> None:
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise RunDirError(
+                    f"{self.path} already exists and holds a run. Nothing was changed. Use --resume to continue "
+                    "it, --overwrite to delete it and start again, or --run-dir to choose another directory."
+                )
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_config(recipe)
+        meta = {
+            "recipe": source,
+            "overrides": overrides,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "argv": sys.argv,
+        }
+        self.meta.write_text(json.dumps(meta, indent=1))
+
+    def write_config(self, recipe: RecipeConfig) -> None:
+        self.config.write_text(yaml.safe_dump(recipe_to_plain(recipe), sort_keys=False, allow_unicode=True))
+
+    def load_config(self) -> RecipeConfig:
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path} is not a run directory (no config.yaml)")
+        return recipe_from_plain(yaml.safe_load(self.config.read_text()))
+
+    def append(self, path: Path, record: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+
+    def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,57 @@
+"""One training process: `python -m pipeline.worker RUN_DIR [--resume]`, alone or under a launcher."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from .config import RecipeConfig
+from .data.prepare import PreparedCorpus, prepare_corpus
+from .engine import barrier, setup_distributed
+from .evaluate import format_table
+from .rundir import RunDir
+from .train import Trainer
+
+
+def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -> PreparedCorpus:
+    tok = run.tokenizer if run.tokenizer.is_file() else None
+    return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tok)
+
+
+def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None) -> None:
+    """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory."""
+    run = RunDir(run_dir)
+    recipe = run.load_config()
+    dist = setup_distributed(recipe.train.threads)
+    if corpus is None:
+        quiet: Callable[[str], None] = lambda _msg: None  # noqa: E731
+        # Rank 0 first: on a cold cache only it tokenises; the others then read what it wrote.
+        if not dist.is_main:
+            barrier()
+        corpus = load_corpus(recipe, run, print if dist.is_main else quiet)
+        if dist.is_main:
+            barrier()
+    trainer = Trainer(recipe, run, dist, corpus)
+    if resume:
+        trainer.restore()
+    trainer.fit()
+    if dist.is_main:
+        from .evaluation_run import evaluate_run
+
+        for split in recipe.eval.splits:
+            results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
+            groups = {d.name: d.group for d in corpus.manifest.directions}
+            print(format_table(results, groups), flush=True)
+    barrier()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    train_main(args.run_dir, args.resume)
+
+
+if __name__ == "__main__":
+    main()

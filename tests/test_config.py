@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_recipe
+from pipeline.typed_yaml import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_override(tmp_path):
+    p = write(tmp_path, "name: x\ntrain:\n  max_steps: 10\n")
+    cfg = load_recipe(p, ["train.max_steps=200", "model.preset=base", "sampling.params.temperature=2"])
+    assert cfg.train.max_steps == 200
+    assert cfg.model.preset == "base"
+    assert cfg.sampling.params == {"temperature": 2}
+    assert cfg.resolved_stages()[0].name == "main"
+
+
+def test_all_errors_reported_together_with_key_paths_and_lines(tmp_path):
+    p = write(tmp_path, "name: x\ntrain:\n  max_stepz: 10\n  lr: fast\nmodel:\n  preset: huge\nbogus: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    errors = exc.value.errors
+    assert len(errors) == 4, errors
+    text = "\n".join(errors)
+    assert f"{p}:3: train.max_stepz: unknown key 'max_stepz'" in text
+    assert "valid keys here:" in text and "max_steps" in text
+    assert f"{p}:4: train.lr: expected a number" in text
+    assert f"{p}:6: model.preset: must be one of" in text
+    assert f"{p}:7: bogus: unknown key" in text
+
+
+def test_semantic_checks_and_sampler_params(tmp_path):
+    p = write(tmp_path, "train: {max_steps: 0}\nsampling: {kind: temperature, params: {temprature: 5}}\n"
+                        "stages: [{name: a}, {name: a}]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    text = "\n".join(exc.value.errors)
+    assert "train.max_steps: must be >= 1" in text
+    assert "sampling.params.temprature: unknown key" in text
+    assert "stage names must be unique; repeated: a" in text
+
+
+def test_unknown_sampler_kind(tmp_path):
+    p = write(tmp_path, "sampling: {kind: magic}\n")
+    with pytest.raises(ConfigError, match="unknown sampler 'magic'; known: .*temperature"):
+        load_recipe(p)
+
+
+def test_bad_set_syntax(tmp_path):
+    p = write(tmp_path, "name: x\n")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_recipe(p, ["train.max_steps"])
+    with pytest.raises(ConfigError, match="name is not a mapping"):
+        load_recipe(p, ["name.sub=1"])
+
+
+def test_shipped_recipes_load():
+    root = Path(__file__).resolve().parent.parent / "stages"
+    recipes = sorted(root.glob("*.yaml"))
+    assert recipes, "stages/ holds no recipes"
+    for r in recipes:
+        load_recipe(r)
