@@ -85,20 +85,22 @@ def verify(path: Path, deep: bool = True) -> tuple[dict[str, Any] | None, str]:
 
 
 def discover(root: Path, deep: bool = True) -> tuple[Committed | None, list[str]]:
-    """The newest committed, intact tag (LATEST first), and notes on every tag passed over."""
+    """The newest committed, intact tag, and a note on every newer tag passed over (and why).
+
+    Tags are named by step, so the newest is the last by name; LATEST is the pointer readers
+    outside this module use, and it is checked against what discovery finds.
+    """
     notes: list[str] = []
     if not root.is_dir():
         return None, notes
     pointer = root / LATEST
     wanted = pointer.read_text().strip() if pointer.is_file() else None
     candidates = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step")), reverse=True)
-    if wanted:
-        candidates.sort(key=lambda p: p.name != wanted)
     for p in candidates:
         meta, why = verify(p, deep)
         if meta is not None:
-            if wanted and p.name != wanted:
-                notes.append(f"LATEST names {wanted}, which is not usable; using {p.name}")
+            if wanted and wanted < p.name:
+                notes.append(f"LATEST names {wanted}, but {p.name} is newer and committed; using it")
             return Committed(p.name, p, meta), notes
         notes.append(f"skipping checkpoint {p.name}: {why}")
     return None, notes

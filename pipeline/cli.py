@@ -8,13 +8,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .typed_yaml import ConfigError
+
+if TYPE_CHECKING:
+    from .config import RecipeConfig
+    from .rundir import RunDir
 
 EPILOG = """examples:
   mmtc run                                   # the demo recipe on the embedded demo corpus
   mmtc run stages/demo.yaml --run-dir runs/x --set train.max_steps=200
   mmtc run my_recipe.yaml --nproc 2          # 2 local processes (DeepSpeed launcher underneath)
+  mmtc resume runs/x                         # continue exactly where the run stopped
+  mmtc resume runs/x --from-stage mix --set stages.1.sampling.params.temperature=2
+  mmtc status runs/x                         # stages, step, checkpoint, monitors, last events
   mmtc eval runs/x --split test              # BLEU and chrF per direction
   echo "Where is the station?" | mmtc translate runs/x --src eng --tgt fra
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
@@ -38,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     mode.add_argument("--overwrite", action="store_true", help="delete --run-dir first")
+
+    res = sub.add_parser("resume", help="continue a run exactly where it stopped, or redo a stage")
+    res.add_argument("run_dir")
+    res.add_argument("--from-stage", metavar="NAME",
+                     help="start stage NAME again from the previous stage's final checkpoint (the old attempt is kept)")
+    res.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="with --from-stage: change the recipe for the new attempt")
+    res.add_argument("--nproc", type=int, default=1)
+    res.add_argument("--allow-change", default="", metavar="WHAT",
+                     help="resume although these differ from the checkpoint: world, corpus, recipe (comma-separated)")
+
+    st = sub.add_parser("status", help="stages done and current, step, checkpoint, monitors, last events")
+    st.add_argument("run_dir")
 
     ev = sub.add_parser("eval", help="BLEU and chrF per direction for a run's checkpoint")
     ev.add_argument("run_dir")
@@ -68,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "resume":
+            return cmd_resume(args)
+        if args.command == "status":
+            from .rundir import RunDir
+            from .status import run_status
+
+            print(run_status(RunDir(args.run_dir)))
+            return 0
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "translate":
@@ -78,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmtc: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from .checkpointing import ResumeRefused
         from .data.corpus import DataError
         from .data.demo import DemoUnavailable
         from .rundir import RunDirError
 
-        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, FileNotFoundError)):
+        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, FileNotFoundError, ResumeRefused, ValueError)):
             print(f"mmtc: {exc}", file=sys.stderr)
             return 2
         raise
@@ -91,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe, resolve_recipe_path
-    from .data.prepare import copy_tokenizer
     from .rundir import RunDir
-    from .worker import load_corpus
 
     path = resolve_recipe_path(args.recipe)
     recipe = load_recipe(path, args.sets)
@@ -105,27 +133,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         recipe = run.load_config()
     else:
         run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
+    return start(run, recipe, args.nproc, args.resume)
+
+
+def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: str = "") -> int:
+    """Prepare the data here, before any worker starts (errors surface once, workers hit the
+    cache), then train in this process or in `nproc` launched ones."""
+    from .data.prepare import copy_tokenizer
+    from .worker import load_corpus, train_main
+
     print(f"run directory: {run.path}", flush=True)
-    # Prepare data here, before any worker starts: errors surface once, and workers hit the cache.
     corpus = load_corpus(recipe, run, print)
     copy_tokenizer(corpus, run.path)
     run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
-    if args.nproc <= 1:
-        from .worker import train_main
-
-        train_main(str(run.path), resume=args.resume, corpus=corpus)
-        return 0
-    return launch(run.path, args.nproc, args.resume)
+    if nproc <= 1:
+        return train_main(str(run.path), resume=resume, corpus=corpus,
+                          allow=frozenset(x for x in allow.split(",") if x))
+    return launch(run.path, nproc, resume, allow)
 
 
-def launch(run_dir: Path, nproc: int, resume: bool) -> int:
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .checkpointing import CHANGES
+    from .rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.exists():
+        print(f"mmtc: {run.path} holds no run", file=sys.stderr)
+        return 2
+    allow = {x for x in args.allow_change.split(",") if x}
+    unknown = allow - set(CHANGES)
+    if unknown:
+        print(f"mmtc: --allow-change: unknown {sorted(unknown)}; choose from {', '.join(CHANGES)}", file=sys.stderr)
+        return 2
+    if args.sets and not args.from_stage:
+        allow.add("recipe")
+    if args.from_stage:
+        from .attempts import rewind_to_stage
+
+        archive, tag = rewind_to_stage(run, args.from_stage)
+        print(f"resume: the earlier attempt is kept in {archive}; restarting stage {args.from_stage} from {tag}")
+        allow.add("recipe")
+    if args.sets:
+        from .config import load_recipe
+
+        run.write_config(load_recipe(run.config, args.sets))
+    return start(run, run.load_config(), args.nproc, True, ",".join(sorted(allow)))
+
+
+def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
     """Start `nproc` local workers through DeepSpeed's launcher (it sets RANK, WORLD_SIZE, ...)."""
     from .engine import free_port
 
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
            "--master_port", str(free_port()), "--no_local_rank", "--module", "pipeline.worker", str(run_dir)]
     if resume:
-        cmd.append("--resume")
+        cmd += ["--resume", "--allow-change", allow]
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.call(cmd, env=env)

@@ -112,7 +112,9 @@ class TrainConfig:
     clip_norm: float = 1.0
     precision: Literal["fp32", "bf16", "amp_bf16", "fp16"] = "fp32"
     log_every: int = 10
+    eval_every: int = 0  # dev loss per direction every N steps (0: never); monitors read it
     save_every: int = 0  # 0: only at the end of each stage
+    max_bad_steps: int = 5  # non-finite loss or gradient this many steps in a row: save and stop
     keep_last: int = 2
     threads: int | None = None  # torch threads per process (default: cores / processes)
     chunk_steps: int = 32  # data order is regenerated per chunk of steps, see pipeline/data/batches.py
@@ -125,8 +127,9 @@ class TrainConfig:
                 out.append((_key(path, name), "must be >= 1"))
         if self.lr <= 0:
             out.append((_key(path, "lr"), "must be > 0"))
-        if self.warmup_steps < 0 or self.save_every < 0:
-            out.append((_key(path, "warmup_steps"), "must be >= 0"))
+        for name in ("warmup_steps", "save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                out.append((_key(path, name), "must be >= 0"))
         if len(self.adam_betas) != 2:
             out.append((_key(path, "adam_betas"), "must hold two numbers"))
         return out
@@ -160,18 +163,75 @@ class EvalConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """One convergence condition. plateau/overfitting watch dev losses (needs train.eval_every)."""
+
+    monitor: Literal["plateau", "overfitting", "budget"]
+    directions: list[str] = field(default_factory=lambda: ["all"])  # names, group:NAME or all
+    patience: int = 3  # evaluations
+    min_delta: float = 0.01  # plateau: smallest improvement that counts
+    relative: bool = True  # plateau: min_delta is a fraction of the reference value
+    smoothing: float = 0.0  # plateau: EMA factor on the metric (0: none)
+    steps: int | None = None  # budget
+    tokens: int | None = None  # budget: target tokens trained in the stage
+    minutes: float | None = None  # budget: wall-clock minutes in the stage
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        budget = [k for k in ("steps", "tokens", "minutes") if getattr(self, k) is not None]
+        if self.monitor == "budget" and not budget:
+            out.append((_key(path, "monitor"), "a budget needs steps, tokens or minutes"))
+        if self.monitor != "budget" and budget:
+            out.append((_key(path, budget[0]), f"only a budget monitor takes {budget[0]}"))
+        if self.patience < 1:
+            out.append((_key(path, "patience"), "must be >= 1"))
+        if not 0 <= self.smoothing < 1:
+            out.append((_key(path, "smoothing"), "must be in [0, 1)"))
+        if self.min_delta < 0:
+            out.append((_key(path, "min_delta"), "must be >= 0"))
+        return out
+
+
+@dataclass
+class UntilConfig:
+    """When a stage ends: at max_steps, or once min_steps are done and the monitors agree."""
+
+    max_steps: int | None = None  # None: until train.max_steps
+    min_steps: int = 0
+    any: list[MonitorConfig] = field(default_factory=list)  # ends when one of these fires
+    all: list[MonitorConfig] = field(default_factory=list)  # ends when every one has fired
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.any and self.all:
+            out.append((_key(path, "all"), "use either any: or all:, not both"))
+        if self.max_steps is not None and self.max_steps < 1:
+            out.append((_key(path, "max_steps"), "must be >= 1"))
+        if self.min_steps < 0:
+            out.append((_key(path, "min_steps"), "must be >= 0"))
+        if self.max_steps is not None and self.min_steps > self.max_steps:
+            out.append((_key(path, "min_steps"), f"is above max_steps {self.max_steps}"))
+        return out
+
+    @property
+    def monitors(self) -> list[MonitorConfig]:
+        return self.any or self.all
+
+
+@dataclass
 class StageConfig:
     name: str
     directions: list[str] = field(default_factory=lambda: ["all"])  # "eng-fra", "group:hrl", "all"
     sampling: SamplingConfig | None = None  # None: the recipe's top-level sampling
-    max_steps: int | None = None  # steps in this stage; None: until train.max_steps
+    until: UntilConfig = field(default_factory=UntilConfig)
+    optimizer: Literal["continue", "reset"] = "continue"  # Adam moments from the previous stage
+    lr_schedule: Literal["continue", "reset"] = "continue"  # reset: a new warm-up and decay
+    warmup_steps: int | None = None  # after a reset (default train.warmup_steps)
 
     def check(self, path: str) -> Check:
         out: Check = []
         if not self.name or not self.name.replace("-", "_").isidentifier():
             out.append((_key(path, "name"), f"must be a simple name (letters, digits, _ or -), got {self.name!r}"))
-        if self.max_steps is not None and self.max_steps < 1:
-            out.append((_key(path, "max_steps"), "must be >= 1"))
         if not self.directions:
             out.append((_key(path, "directions"), "must name at least one direction or group"))
         return out
@@ -193,13 +253,19 @@ class RecipeConfig:
     def check(self, path: str) -> Check:
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
-        return [("stages", f"stage names must be unique; repeated: {', '.join(dup)}")] if dup else []
+        out: Check = [("stages", f"stage names must be unique; repeated: {', '.join(dup)}")] if dup else []
+        for i, stage in enumerate(self.stages):
+            for j, m in enumerate(stage.until.monitors):
+                if m.monitor != "budget" and not self.train.eval_every:
+                    key = f"stages[{i}].until.{'any' if stage.until.any else 'all'}[{j}]"
+                    out.append((key, f"a {m.monitor} monitor needs dev losses: set train.eval_every"))
+        return out
 
     def resolved_stages(self) -> list[StageConfig]:
         """The stages to run; a recipe without `stages:` is one stage over every direction."""
         if self.stages:
             return self.stages
-        return [StageConfig(name="main", directions=["all"], sampling=None, max_steps=None)]
+        return [StageConfig(name="main")]
 
     def stage_sampling(self, stage: StageConfig) -> SamplingConfig:
         return stage.sampling if stage.sampling is not None else self.sampling
@@ -218,12 +284,40 @@ def resolve_recipe_path(recipe: str | Path | None) -> Path:
     raise ConfigError([f"{recipe}: recipe not found (looked in . and {PACKAGE_ROOT / 'stages'})"])
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+def _merge_over(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` wins; mappings merge key by key, everything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge_over(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Any]:
+    """The recipe's mapping with its `base:` chain merged in (base first, this file over it)."""
     data, lines = load_yaml_file(path)
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a recipe must be a mapping"], str(path))
-    data = copy.deepcopy(data)
+    base = data.pop("base", None)
+    if base is None:
+        return data, lines
+    if not isinstance(base, str):
+        raise ConfigError([f"{lines.at('base')}: base must name a recipe"], str(path))
+    bpath = Path(base) if Path(base).is_absolute() else path.parent / (base if base.endswith(".yaml") else f"{base}.yaml")
+    if bpath.resolve() in seen:
+        raise ConfigError([f"{lines.at('base')}: recipes include each other ({bpath})"], str(path))
+    if not bpath.is_file():
+        raise ConfigError([f"{lines.at('base')}: {bpath} not found"], str(path))
+    parent, _ = _raw_recipe(bpath, (*seen, path.resolve()))
+    corpus = parent.get("data", {}).get("corpus")
+    if corpus and corpus != "demo" and not Path(corpus).is_absolute():
+        parent["data"]["corpus"] = str((bpath.parent / corpus).resolve())  # relative to its own file
+    return _merge_over(parent, data), lines
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load a recipe (with its `base:` recipes), apply `--set` overrides, validate everything."""
+    data, lines = _raw_recipe(Path(path))
     for ov in overrides:
         set_dotted(data, ov)
     cfg = bind(RecipeConfig, data, lines)

@@ -101,9 +101,10 @@ def dev_loss(
 def evaluate(
     model: torch.nn.Module, tok: Tokenizer, splits: dict[str, TokenSplit], directions: Sequence[tuple[str, str]],
     cfg: EvalConfig, device: torch.device, out_dir: Path | None = None, split_name: str = "test",
+    meta: dict[str, Any] | None = None, groups: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """directions: (name, target language). Returns and (optionally) writes the per-direction table."""
-    results: dict[str, Any] = {"split": split_name, "directions": {}}
+    results: dict[str, Any] = {"split": split_name, **(meta or {}), "directions": {}}
     t0 = time.time()
     names = [n for n, _ in directions]
     tags = [tok.tag_id(lang) for _, lang in directions]
@@ -124,11 +125,24 @@ def evaluate(
         if out_dir is not None:
             (out_dir / split_name).mkdir(parents=True, exist_ok=True)
             (out_dir / split_name / f"{name}.hyp").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
+    results["averages"] = averages(results["directions"], groups or {})
     results["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{split_name}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     return results
+
+
+def averages(entries: dict[str, Any], groups: dict[str, str | None]) -> dict[str, Any]:
+    """Mean BLEU/chrF over all directions and over each group (e.g. hrl, lrl)."""
+    sets: dict[str, list[str]] = {"all": list(entries)}
+    for name in entries:
+        g = groups.get(name)
+        if g:
+            sets.setdefault(g, []).append(name)
+    return {k: {"bleu": round(sum(entries[n]["bleu"] for n in v) / len(v), 2),
+                "chrf": round(sum(entries[n]["chrf"] for n in v) / len(v), 2), "directions": len(v)}
+            for k, v in sets.items() if v}
 
 
 def format_table(results: dict[str, Any], groups: dict[str, str | None] | None = None) -> str:
@@ -139,4 +153,6 @@ def format_table(results: dict[str, Any], groups: dict[str, str | None] | None =
         g = (groups or {}).get(name) or ""
         rows.append(f"  {name:<12}{g:<7}{e['bleu']:>7.1f}{e['chrf']:>7.1f}   "
                     f"{base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
+    for k, a in results.get("averages", {}).items():
+        rows.append(f"  {'avg ' + k:<19}{a['bleu']:>7.1f}{a['chrf']:>7.1f}")
     return "\n".join(rows)

@@ -41,7 +41,7 @@ def evaluate_run(run: RunDir, corpus: PreparedCorpus, recipe: RecipeConfig, spli
     model, tag_name = load_model(run, recipe, corpus.tokenizer.vocab_size, corpus.tokenizer.pad_id, tag, device)
     splits = corpus.splits[split]
     directions = [(d.name, d.tgt) for d in corpus.manifest.directions if d.name in splits]
-    results = evaluate(model, corpus.tokenizer, splits, directions, recipe.eval, device,
-                       out_dir=Path(run.eval_dir(tag_name)), split_name=split)
-    results["checkpoint"] = tag_name
-    return results
+    groups = {d.name: d.group for d in corpus.manifest.directions}
+    return evaluate(model, corpus.tokenizer, splits, directions, recipe.eval, device,
+                    out_dir=Path(run.eval_dir(tag_name)), split_name=split, meta={"checkpoint": tag_name},
+                    groups=groups)

@@ -201,7 +201,9 @@ class Seq2SeqTransformer(nn.Module):
         if t > self.arch.max_positions:
             raise ValueError(f"sequence of {t} tokens exceeds max_positions={self.arch.max_positions}")
         # One fused kernel for scale-and-add; positions are absolute indices, valid with right padding.
-        x = torch.add(self.positions[:t], self.embed(tokens), alpha=self.scale)
+        e = self.embed(tokens)
+        # DeepSpeed's bf16/fp16 modes cast parameters but keep buffers: match the embedding's dtype.
+        x = torch.add(self.positions[:t].to(e.dtype), e, alpha=self.scale)
         return F.dropout(x, self.arch.dropout, self.training)
 
     def _cross_kv(self, memory: Tensor) -> Tensor:
@@ -263,7 +265,8 @@ class Seq2SeqTransformer(nn.Module):
         t = cache.length
         if t >= cache.self_kv.shape[0]:
             raise ValueError(f"decoder cache holds {cache.self_kv.shape[0]} positions; step {t} is past it")
-        x = torch.add(self.positions[t], self.embed(tokens), alpha=self.scale)
+        e = self.embed(tokens)
+        x = torch.add(self.positions[t].to(e.dtype), e, alpha=self.scale)
         x = F.dropout(x, self.arch.dropout, self.training)
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, cache.self_kv[:, i], t, cache.cross_kv[:, :, i], cache.src_keep)

@@ -8,10 +8,10 @@ from typing import Any
 from .config import TrainConfig
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, warmup: int | None = None) -> float:
     """LR for the `step`-th optimizer update (0-based) of a schedule that spans `total_steps`."""
     s = step + 1
-    warm = cfg.warmup_steps
+    warm = cfg.warmup_steps if warmup is None else warmup
     if warm and s <= warm:
         return cfg.lr * s / warm
     if cfg.lr_schedule == "constant":
@@ -35,10 +35,11 @@ class StepSchedule:
         self.cfg, self.total_steps = cfg, total_steps
         self.step_count = origin
         self.origin = origin
+        self.warmup: int | None = None  # None: cfg.warmup_steps
         self._apply()
 
     def lr(self) -> float:
-        return lr_at(self.step_count - self.origin, self.cfg, self.total_steps)
+        return lr_at(self.step_count - self.origin, self.cfg, self.total_steps, self.warmup)
 
     def _apply(self) -> None:
         lr = self.lr()
@@ -49,8 +50,8 @@ class StepSchedule:
         self.step_count += 1
         self._apply()
 
-    def restart(self, origin: int, total_steps: int) -> None:
-        self.origin, self.total_steps = origin, total_steps
+    def restart(self, origin: int, total_steps: int, warmup: int | None = None) -> None:
+        self.origin, self.total_steps, self.warmup = origin, total_steps, warmup
         self._apply()
 
     def get_last_lr(self) -> list[float]:
@@ -60,10 +61,12 @@ class StepSchedule:
         return [self.lr()]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step_count": self.step_count, "origin": self.origin, "total_steps": self.total_steps}
+        return {"step_count": self.step_count, "origin": self.origin, "total_steps": self.total_steps,
+                "warmup": self.warmup}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
         self.origin = int(state["origin"])
         self.total_steps = int(state["total_steps"])
+        self.warmup = state.get("warmup")
         self._apply()

@@ -2,37 +2,46 @@
 
 Each step draws this rank's micro-batches from the stage's batch stream, computes the per-token
 loss, sums it per direction (scatter-add), normalises by the step's global target-token count and
-lets DeepSpeed reduce and apply the gradients. The trainer does not know which sampler it runs.
+lets DeepSpeed reduce and apply the gradients. Every `eval_every` steps the dev loss per
+direction feeds the stage's monitors; when the stage's `until:` is met, the run records why,
+saves a stage-final checkpoint, scores BLEU/chrF on dev, and starts the next stage from there.
+The trainer does not know which sampler or monitor it runs.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .config import RecipeConfig, StageConfig
+from . import faults
+from .config import RecipeConfig
+from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
-from .engine import Dist, Engine, all_reduce_sum, barrier
+from .devloss import DevLoss
+from .engine import Dist, Engine, all_reduce_sum
 from .model import Seq2SeqTransformer, resolve_arch
+from .monitors import Observation
+from .progress import Progress
 from .rundir import RunDir
 from .sampling import build_sampler
-from .typed_yaml import to_plain
+
+
+class TrainingStopped(RuntimeError):
+    """The run saved and stopped on purpose (too many bad steps); the message says why."""
 
 
 @dataclass
 class Counters:
-    step: int = 0  # optimizer steps done in the whole run
+    step: int = 0  # optimizer steps done in the whole run (skipped ones included)
     stage: int = 0  # index of the current stage
     stage_step: int = 0  # optimizer steps done in the current stage
     tokens: int = 0  # target tokens trained on, all ranks
+    skipped_steps: int = 0  # steps whose update was skipped (non-finite loss or gradient)
+    bad_in_a_row: int = 0
     finished: bool = False
 
 
@@ -50,21 +59,25 @@ class Trainer:
         self.engine = Engine(model, recipe, dist, recipe.train.max_steps)
         self.counters = Counters()
         self.stream: BatchStream | None = None
+        self.progress: StageProgress | None = None
+        self.dev = DevLoss(corpus, dist)
+        # [loss, nll, tokens] per direction: since the last log line, and since the last dev eval
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
-        self._t_log = time.time()
-        self._bar: Any = None
+        self._acc_eval = torch.zeros(3, len(self.names), dtype=torch.float64)
+        self.meter = Progress(recipe.train.max_steps, dist.is_main)
+        from .checkpointing import Checkpointer
 
-    # -- building blocks ---------------------------------------------------------------------
-    def stage_directions(self, stage: StageConfig) -> list[str]:
-        return self.corpus.manifest.select(stage.directions)
+        self.ckpt = Checkpointer(self)
 
-    def make_stream(self, index: int) -> BatchStream:
+    # -- stages ------------------------------------------------------------------------------
+    def open_stage(self, index: int, fresh: bool) -> None:
+        """Build the stage's sampler, batch stream and monitors; `fresh` applies its transitions."""
         stage = self.stages[index]
-        names = self.stage_directions(stage)
+        names = self.corpus.manifest.select(stage.directions)
         sampler = build_sampler(self.recipe.stage_sampling(stage), names, self.corpus.sizes(names))
         specs = {d.name: d for d in self.corpus.manifest.directions}
         t = self.recipe.train
-        return BatchStream(
+        self.stream = BatchStream(
             [self.corpus.splits["train"][n] for n in names],
             [self.names.index(n) for n in names],
             [self.corpus.tokenizer.tag_id(specs[n].tgt) for n in names],
@@ -72,184 +85,167 @@ class Trainer:
             seed=self.recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=t.chunk_steps,
             world=self.dist.world, rank=self.dist.rank, accum=t.grad_accum,
         )
-
-    def stage_limit(self, index: int) -> int:
-        """The global step at which stage `index` ends at the latest."""
-        stage = self.stages[index]
         start = self.counters.step - self.counters.stage_step
-        end = start + stage.max_steps if stage.max_steps else self.recipe.train.max_steps
-        return min(end, self.recipe.train.max_steps)
+        self.progress = StageProgress(self.recipe, index, self.corpus.manifest, start)
+        if not fresh:
+            return
+        if index > 0 and stage.optimizer == "reset":
+            self.engine.reset_optimizer_state()
+        if index > 0 and stage.lr_schedule == "reset":
+            self.engine.schedule.restart(self.counters.step, self.progress.limit() - start, stage.warmup_steps)
+        self.event("stage_start", stage=stage.name, directions=names, optimizer=stage.optimizer,
+                   lr_schedule=stage.lr_schedule, lr=self.engine.lr())
 
-    def train_step(self, sb: StepBatches) -> None:
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.dist.is_main:
+            self.run.append(self.run.events, {"step": self.counters.step, "event": kind, **fields})
+
+    # -- one step ----------------------------------------------------------------------------
+    def train_step(self, sb: StepBatches) -> bool:
+        """One optimizer step; False when it was skipped (non-finite loss or gradient somewhere)."""
         dev = self.dist.device
         scale = self.dist.world * self.recipe.train.grad_accum / max(1, sb.global_tgt_tokens)
-        for mb in sb.micro:
+        step_acc = torch.zeros_like(self._acc)
+        bad = torch.zeros(1)
+        for i, mb in enumerate(sb.micro):
             tgt_out = mb.tgt_out.to(dev)
             loss_tok, nll_tok = self.engine(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
+            if i == 0 and self.dist.is_main and faults.armed("nan_loss", self.counters.step + 1):
+                loss_tok = loss_tok * float("nan")
             seq_loss = loss_tok.sum(1)
-            self.engine.backward(seq_loss.sum() * scale)
+            total = seq_loss.sum()
+            if not bool(torch.isfinite(total)):
+                bad += 1
+            if i == len(sb.micro) - 1 and bool(all_reduce_sum(bad.clone()) > 0):
+                # Every rank agrees before the last micro-batch's step: the update is skipped on all.
+                self.engine.skip_next_step()
+            self.engine.backward(total * scale)
             self.engine.step()
             d = mb.direction
             with torch.no_grad():
-                self._acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
-                self._acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
-                self._acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
+                step_acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
+                step_acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
+                step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
+        applied = self.engine.last_step_applied()
         self.counters.step += 1
         self.counters.stage_step += 1
         self.counters.tokens += sb.global_tgt_tokens
+        assert self.progress is not None
+        self.progress.tokens += sb.global_tgt_tokens
+        if applied:
+            self._acc += step_acc
+            self._acc_eval += step_acc
+            self.counters.bad_in_a_row = 0
+        else:
+            self.counters.skipped_steps += 1
+            self.counters.bad_in_a_row += 1
+            self.event("skipped_step", reason="non-finite loss or gradient norm", skipped=self.counters.skipped_steps)
+        return applied
 
     # -- logging -----------------------------------------------------------------------------
-    def log(self, stage: StageConfig) -> None:
+    def log(self) -> None:
         acc = all_reduce_sum(self._acc.clone())
         self._acc.zero_()
-        now = time.time()
-        elapsed, self._t_log = now - self._t_log, now
         if not self.dist.is_main:
             return
+        assert self.stream is not None and self.stream.p is not None and self.progress is not None
         tokens = acc[2]
         tot = float(tokens.sum())
-        assert self.stream is not None and self.stream.p is not None
-        p = dict(zip([self.names[i] for i in self.stream.dir_ids], [round(float(x), 6) for x in self.stream.p]))
+        elapsed, steps = self.meter.lap(self.counters.step)
         record = {
             "step": self.counters.step,
-            "stage": stage.name,
+            "stage": self.progress.stage.name,
             "lr": self.engine.lr(),
             "loss": float(acc[0].sum()) / max(1.0, tot),
             "nll": float(acc[1].sum()) / max(1.0, tot),
             "grad_norm": self.engine.grad_norm(),
             "tokens_per_s": tot / max(elapsed, 1e-9),
+            "step_s": elapsed / max(1, steps),
             "tokens": self.counters.tokens,
+            "skipped_steps": self.counters.skipped_steps,
             "directions": {
                 n: {"loss": float(acc[0, i] / tokens[i]), "nll": float(acc[1, i] / tokens[i]), "tokens": int(tokens[i])}
                 for i, n in enumerate(self.names) if tokens[i] > 0
             },
-            "p": p,
+            "p": {self.names[i]: round(float(x), 6) for i, x in zip(self.stream.dir_ids, self.stream.p)},
         }
         self.run.append(self.run.metrics, record)
-        self._progress(record)
+        self.meter.show(record)
 
-    def _progress(self, r: dict[str, Any]) -> None:
-        total = self.recipe.train.max_steps
-        if sys.stderr.isatty():
-            if self._bar is None:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, initial=r["step"], unit="step", dynamic_ncols=True)
-            self._bar.n = r["step"]
-            self._bar.set_postfix_str(f"{r['stage']} loss {r['loss']:.3f} {r['tokens_per_s']:.0f} tok/s")
-            return
-        left = (total - r["step"]) * self.recipe.train.max_tokens / max(r["tokens_per_s"], 1e-9)
-        print(f"step {r['step']}/{total} [{r['stage']}] loss {r['loss']:.3f} nll {r['nll']:.3f} "
-              f"lr {r['lr']:.2e} {r['tokens_per_s']:.0f} tok/s", f"eta~{left / 60:.1f}min", flush=True)
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def client_state(self) -> dict[str, Any]:
-        return {
-            "counters": asdict(self.counters),
-            "stream": None if self.stream is None else self.stream.state_dict(),
-            "world": self.dist.world,
-            "corpus": self.corpus.fingerprint,
-            "recipe": to_plain(self.recipe),
-        }
-
-    def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
-        index = self.counters.stage if stage_index is None else stage_index
-        stage = self.stages[index]
-        tag = ckpt.tag_for(self.counters.step, stage.name, final)
-        root = self.run.checkpoints
-        self.engine.save(root, tag, self.client_state())
-        torch.save(torch.get_rng_state(), root / tag / f"rng_rank{self.dist.rank}.pt")
-        state = self.engine.full_state_dict() if final else None
-        if state is not None:
-            torch.save(state, root / tag / "consolidated.pt")
-        barrier()
-        committed = None
-        if self.dist.is_main:
-            meta = {"step": self.counters.step, "stage": stage.name, "stage_index": index,
-                    "final": final, "world": self.dist.world, "zero_stage": self.engine.zero_stage}
-            committed = ckpt.commit(root, tag, meta)
-            ckpt.prune(root, self.recipe.train.keep_last)
-        barrier()
-        return committed
-
-    def restore(self) -> ckpt.Committed | None:
-        found, notes = ckpt.discover(self.run.checkpoints)
-        if self.dist.is_main:
-            for n in notes:
-                print(f"resume: {n}", flush=True)
-        if found is None:
-            return None
-        cs = self.engine.load(self.run.checkpoints, found.tag)
-        self.counters = Counters(**cs["counters"])
-        rng = found.path / f"rng_rank{self.dist.rank}.pt"
-        if rng.is_file():
-            torch.set_rng_state(torch.load(rng))
-        if not self.counters.finished and cs.get("stream") is not None:
-            self.stream = self.make_stream(self.counters.stage)
-            self.stream.load_state_dict(cs["stream"])
-        if self.dist.is_main:
-            self._truncate_logs(self.counters.step)
-            print(f"resume: from {found.tag} (step {self.counters.step})", flush=True)
-        return found
-
-    def _truncate_logs(self, step: int) -> None:
-        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again."""
-        for path in (self.run.metrics, self.run.events):
-            rows = self.run.read_jsonl(path)
-            kept = [r for r in rows if r.get("step", 0) <= step]
-            if len(kept) != len(rows):
-                ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    def observe(self, seconds: float) -> Ending | None:
+        """Dev loss at evaluation steps, then the stage's monitors; identical on every rank."""
+        t = self.recipe.train
+        assert self.progress is not None
+        self.progress.seconds += seconds
+        dev = train = None
+        if t.eval_every and self.counters.step % t.eval_every == 0:
+            self.engine.train(False)
+            dev = self.dev.losses(self.engine)
+            self.engine.train(True)
+            acc = all_reduce_sum(self._acc_eval.clone())
+            self._acc_eval.zero_()
+            train = {n: float(acc[1, i] / acc[2, i]) for i, n in enumerate(self.names) if acc[2, i] > 0}
+            if self.dist.is_main:
+                self.run.append(self.run.metrics, {"step": self.counters.step, "stage": self.progress.stage.name,
+                                                   "dev_loss": dev, "train_nll": train,
+                                                   "monitors": self.progress.values()})
+        obs = Observation(self.counters.step, self.counters.stage_step, self.progress.tokens,
+                          self.progress.seconds, dev, train)
+        ending = self.progress.observe(obs)
+        # Wall-clock budgets can disagree across ranks by a step: rank 0 decides for all.
+        flag = torch.tensor([1.0 if ending is not None else 0.0]) if self.dist.is_main else torch.zeros(1)
+        if bool(all_reduce_sum(flag) > 0) and ending is None:
+            ending = Ending("monitor", "budget", {"decided_by": "rank 0"})
+        return ending
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> None:
         t = self.recipe.train
+        self.meter.start(self.counters.step)
         while not self.counters.finished:
             index = self.counters.stage
-            stage = self.stages[index]
             if self.stream is None:
-                self.stream = self.make_stream(index)
-                if self.dist.is_main:
-                    self.run.append(self.run.events, {"step": self.counters.step, "event": "stage_start",
-                                                      "stage": stage.name, "directions": self.stream_names()})
-            limit = self.stage_limit(index)
-            self.engine.train()
-            while self.counters.step < limit:
+                self.open_stage(index, fresh=True)
+            assert self.stream is not None
+            self.engine.train(True)
+            ending = None
+            while ending is None:
+                t0 = time.time()
                 self.train_step(self.stream.step_batches(self.counters.stage_step))
-                if self.counters.step % t.log_every == 0 or self.counters.step == limit:
-                    self.log(stage)
-                if t.save_every and self.counters.step % t.save_every == 0 and self.counters.step < limit:
-                    self.save(final=False)
-            self.end_stage(index, "max_steps")
+                if self.counters.step % t.log_every == 0:
+                    self.log()
+                ending = self.observe(time.time() - t0)
+                if self.counters.bad_in_a_row >= t.max_bad_steps:
+                    self.ckpt.save(final=False)
+                    raise TrainingStopped(
+                        f"{self.counters.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                        f"(at step {self.counters.step}); saved and stopped. Lower train.lr or check the data.")
+                if ending is None and t.save_every and self.counters.step % t.save_every == 0:
+                    self.ckpt.save(final=False)
+                faults.kill_if("kill", self.counters.step)
+            if self.counters.step % t.log_every:
+                self.log()
+            self.end_stage(index, ending)
 
-    def stream_names(self) -> list[str]:
-        assert self.stream is not None
-        return [self.names[i] for i in self.stream.dir_ids]
-
-    def end_stage(self, index: int, reason: str) -> None:
-        if self.dist.is_main:
-            self.run.append(self.run.events, {"step": self.counters.step, "event": "stage_end",
-                                              "stage": self.stages[index].name, "reason": reason})
+    def end_stage(self, index: int, ending: Ending) -> None:
+        assert self.progress is not None
+        self.event("stage_end", stage=self.stages[index].name, reason=ending.reason, monitor=ending.monitor,
+                   values=ending.values, stage_step=self.counters.stage_step, monitors=self.progress.values())
         last = index + 1 >= len(self.stages) or self.counters.step >= self.recipe.train.max_steps
         if last:
             self.counters.finished = True
-            self.stream = None
         else:
-            # The stage-final checkpoint belongs to the stage that ended; the counters already
-            # point at the next one so that a resume from it starts there.
+            # The stage-final checkpoint is named after the stage that ended, but its counters
+            # already point at the next stage, so resuming from it starts there.
             self.counters.stage, self.counters.stage_step = index + 1, 0
-            self.stream = None
-        self._save_stage_final(index)
-        if self._bar is not None and self.counters.finished:
-            self._bar.close()
+        self.stream = None
+        committed = self.ckpt.save(final=True, stage_index=index)
+        if committed is not None and self.dist.is_main:
+            print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
+                  f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
+            self.ckpt.evaluate_stage(committed.tag)
+        if last:
+            self.meter.close()
 
-    def _save_stage_final(self, index: int) -> None:
-        committed = self.save(final=True, stage_index=index)
-        if committed is not None:
-            print(f"checkpoint: {committed.path}", flush=True)
-
-
-def final_checkpoint(run: RunDir) -> Path:
-    found, notes = ckpt.discover(run.checkpoints)
-    if found is None:
-        raise FileNotFoundError(f"{run.checkpoints}: no committed checkpoint ({'; '.join(notes) or 'none saved'})")
-    return found.path
+    def counters_state(self) -> dict[str, Any]:
+        return asdict(self.counters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from .config import RecipeConfig
@@ -10,7 +11,7 @@ from .data.prepare import PreparedCorpus, prepare_corpus
 from .engine import barrier, setup_distributed
 from .evaluate import format_table
 from .rundir import RunDir
-from .train import Trainer
+from .train import Trainer, TrainingStopped
 
 
 def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -> PreparedCorpus:
@@ -18,7 +19,8 @@ def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -
     return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tok)
 
 
-def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None) -> None:
+def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None,
+               allow: frozenset[str] = frozenset()) -> int:
     """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory."""
     run = RunDir(run_dir)
     recipe = run.load_config()
@@ -33,24 +35,34 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
             barrier()
     trainer = Trainer(recipe, run, dist, corpus)
     if resume:
-        trainer.restore()
-    trainer.fit()
+        trainer.ckpt.restore(allow)
+    try:
+        trainer.fit()
+    except TrainingStopped as exc:
+        if dist.is_main:
+            print(f"mmtc: {exc}", file=sys.stderr, flush=True)
+        return 3
     if dist.is_main:
         from .evaluation_run import evaluate_run
 
+        groups = {d.name: d.group for d in corpus.manifest.directions}
         for split in recipe.eval.splits:
+            if split == "dev":
+                continue  # scored at the end of the last stage already
             results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
-            groups = {d.name: d.group for d in corpus.manifest.directions}
             print(format_table(results, groups), flush=True)
     barrier()
+    return 0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--allow-change", default="", help="comma-separated: world, corpus, recipe")
     args = ap.parse_args()
-    train_main(args.run_dir, args.resume)
+    allow = frozenset(x for x in args.allow_change.split(",") if x)
+    sys.exit(train_main(args.run_dir, args.resume, allow=allow))
 
 
 if __name__ == "__main__":

@@ -56,3 +56,31 @@ eval: {{beam: 2, max_sentences: 20}}
     path = root / "recipe.yaml"
     path.write_text(text)
     return path
+
+
+TWO_STAGE = """
+stages:
+  - name: hrl
+    directions: [group:hrl]
+    sampling: {kind: proportional}
+    until:
+      max_steps: 20
+      any: [{monitor: plateau, directions: [group:hrl], patience: 1, min_delta: 0.5, relative: true}]
+  - name: mix
+    directions: [all]
+    optimizer: reset
+    lr_schedule: reset
+    warmup_steps: 2
+    until: {max_steps: 6}
+"""
+
+
+def two_stage_recipe(root: Path, manifest: Path, train: str = "", extra: str = "") -> Path:
+    """hrl until a (quick) plateau on the hrl dev loss, then the mix; about 12 steps in all."""
+    path = tiny_recipe(root, manifest, extra=TWO_STAGE + extra)
+    text = path.read_text().replace(
+        "train: {max_steps: 40, max_tokens: 600, lr: 3.0e-3, warmup_steps: 10, log_every: 5, chunk_steps: 8}",
+        "train: {max_steps: 40, max_tokens: 600, lr: 3.0e-3, warmup_steps: 4, log_every: 1, chunk_steps: 4,"
+        f" eval_every: 3, save_every: 2, keep_last: 50{', ' + train if train else ''}}}")
+    path.write_text(text)
+    return path

@@ -1,0 +1,161 @@
+"""The trainer's checkpoints: what goes into one, when a resume is refused, and failed saves."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import checkpoint as ckpt
+from . import faults
+from .engine import all_reduce_sum, barrier
+from .train import Counters
+from .typed_yaml import to_plain
+
+if TYPE_CHECKING:
+    from .train import Trainer
+
+CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
+
+
+class ResumeRefused(RuntimeError):
+    pass
+
+
+def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
+    """Key paths where two plain config trees differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            sub = f"{path}.{k}" if path else str(k)
+            out += diff_plain(a.get(k), b.get(k), sub) if k in a and k in b else [f"{sub}: {a.get(k)!r} -> {b.get(k)!r}"]
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_plain(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
+
+
+class Checkpointer:
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+
+    def client_state(self) -> dict[str, Any]:
+        t = self.t
+        return {
+            "counters": t.counters_state(),
+            "stream": None if t.stream is None else t.stream.state_dict(),
+            "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
+            "world": t.dist.world,
+            "corpus": t.corpus.fingerprint,
+            "recipe": to_plain(t.recipe),
+        }
+
+    def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
+        """Save and commit; on failure (a full disk, say) report it and keep the last commit in use."""
+        t = self.t
+        index = t.counters.stage if stage_index is None else stage_index
+        stage = t.stages[index]
+        tag = ckpt.tag_for(t.counters.step, stage.name, final)
+        root = t.run.checkpoints
+        failed = torch.zeros(1)
+        why = ""
+        try:
+            if faults.armed("save_error", t.counters.step):
+                raise OSError(28, "No space left on device (injected)")
+            t.engine.save(root, tag, self.client_state())
+            faults.kill_if("kill_in_save", t.counters.step)
+            torch.save(torch.get_rng_state(), root / tag / f"rng_rank{t.dist.rank}.pt")
+            state = t.engine.full_state_dict() if final else None
+            if state is not None:
+                torch.save(state, root / tag / "consolidated.pt")
+        except OSError as exc:
+            failed += 1
+            why = f"{type(exc).__name__}: {exc}"
+        if bool(all_reduce_sum(failed) > 0):
+            found, _ = ckpt.discover(root, deep=False)
+            if t.dist.is_main:
+                shutil.rmtree(root / tag, ignore_errors=True)
+                keep = found.tag if found else "none"
+                print(f"checkpoint: saving {tag} FAILED ({why or 'on another rank'}); "
+                      f"the last committed checkpoint stays in use: {keep}", flush=True)
+            t.event("save_failed", tag=tag, error=why or "on another rank")
+            barrier()
+            return None
+        barrier()
+        committed = None
+        if t.dist.is_main:
+            meta = {"step": t.counters.step, "stage": stage.name, "stage_index": index, "final": final,
+                    "world": t.dist.world, "zero_stage": t.engine.zero_stage, "corpus": t.corpus.fingerprint,
+                    "recipe": to_plain(t.recipe)}
+            committed = ckpt.commit(root, tag, meta)
+            ckpt.prune(root, t.recipe.train.keep_last)
+            t.event("checkpoint", tag=tag, final=final)
+        barrier()
+        return committed
+
+    def restore(self, allow: set[str] | frozenset[str] = frozenset()) -> ckpt.Committed | None:
+        t = self.t
+        found, notes = ckpt.discover(t.run.checkpoints)
+        if t.dist.is_main:
+            for n in notes:
+                print(f"resume: {n}", flush=True)
+        if found is None:
+            if t.dist.is_main:
+                print("resume: no committed checkpoint; starting from the beginning", flush=True)
+            return None
+        self._check_compatible(found, allow)
+        cs = t.engine.load(t.run.checkpoints, found.tag)
+        t.counters = Counters(**cs["counters"])
+        rng = found.path / f"rng_rank{t.dist.rank}.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng))
+        if not t.counters.finished and cs.get("stream") is not None:
+            t.open_stage(t.counters.stage, fresh=False)
+            assert t.stream is not None and t.progress is not None
+            t.stream.load_state_dict(cs["stream"])
+            t.progress.load_state_dict(cs["curriculum"])
+        if t.dist.is_main:
+            self._truncate_logs(t.counters.step)
+            print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
+        t.event("resume", tag=found.tag)
+        return found
+
+    def _check_compatible(self, found: ckpt.Committed, allow: set[str] | frozenset[str]) -> None:
+        t = self.t
+        saved = found.meta
+        problems = []
+        if saved.get("world") != t.dist.world and "world" not in allow:
+            problems.append(f"world size: the checkpoint was written by {saved.get('world')} processes, "
+                            f"this run has {t.dist.world}")
+        if saved.get("corpus") != t.corpus.fingerprint and "corpus" not in allow:
+            problems.append("corpus: the data's fingerprint differs from the checkpoint's (files changed?)")
+        changed = diff_plain(saved.get("recipe"), to_plain(t.recipe))
+        if changed and "recipe" not in allow:
+            problems.append("recipe: " + "; ".join(changed))
+        if problems:
+            raise ResumeRefused(
+                f"refusing to resume from {found.path}:\n  - " + "\n  - ".join(problems)
+                + "\nPass --allow-change " + ",".join(sorted({p.split(':')[0].split()[0] for p in problems}))
+                + " to resume anyway.")
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again."""
+        import json
+
+        run = self.t.run
+        for path in (run.metrics, run.events):
+            rows = run.read_jsonl(path)
+            kept = [r for r in rows if r.get("step", 0) <= step]
+            if len(kept) != len(rows):
+                ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+    def evaluate_stage(self, tag: str) -> None:
+        """BLEU/chrF on dev for every direction with the stage-final weights (rank 0)."""
+        from .evaluate import format_table
+        from .evaluation_run import evaluate_run
+
+        t = self.t
+        results = evaluate_run(t.run, t.corpus, t.recipe, split="dev", tag=tag, device=t.dist.device)
+        groups = {d.name: d.group for d in t.corpus.manifest.directions}
+        print(format_table(results, groups), flush=True)

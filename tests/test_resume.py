@@ -1,0 +1,142 @@
+"""Exact resume: a run killed at step k and resumed equals the uninterrupted run, bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from corpus_factory import two_stage_recipe, write_corpus
+
+pytestmark = pytest.mark.slow
+
+COMPARED = ("step", "stage", "lr", "loss", "nll", "grad_norm", "directions", "p", "dev_loss", "train_nll")
+
+
+def mmtc(args, env, cwd, fault=None, check=True):
+    env = dict(env)
+    if fault:
+        env["MMTC_FAULT"] = fault
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mmtc {' '.join(args)} ({fault}) failed {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """Every parameter and optimizer tensor of a ZeRO-0 checkpoint, flattened by name."""
+    state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    out = {f"module.{k}": v for k, v in state["module"].items()}
+    for pid, s in state["optimizer"]["state"].items():
+        for k, v in s.items():
+            out[f"optim.{pid}.{k}"] = torch.as_tensor(v)
+    return out
+
+
+def metric_rows(run: Path, from_step: int) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in COMPARED if k in r} for r in rows if r["step"] >= from_step]
+
+
+def final_tag(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, mmtc_env):
+    root = tmp_path_factory.mktemp("resume")
+    recipe = two_stage_recipe(root, write_corpus(root))
+    ref = root / "ref"
+    mmtc(["run", str(recipe), "--run-dir", str(ref)], mmtc_env, root)
+    events = [json.loads(x) for x in (ref / "events.jsonl").read_text().splitlines()]
+    switch = next(e for e in events if e["event"] == "stage_end" and e["stage"] == "hrl")
+    assert switch["reason"] == "monitor" and switch["monitor"] == "plateau"
+    return root, recipe, ref, switch["step"]
+
+
+@pytest.mark.parametrize("where", ["first", "mid", "before", "transition", "after"])
+def test_kill_and_resume_equals_uninterrupted(setup, mmtc_env, where):
+    root, recipe, ref, t = setup
+    k = {"first": 1, "mid": 3, "before": t - 1, "transition": t, "after": t + 1}[where]
+    run = root / f"killed-{where}"
+    proc = mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault=f"kill@{k}", check=False)
+    assert proc.returncode == -9, proc.stderr
+    resumed = mmtc(["resume", str(run)], mmtc_env, root)
+    assert "resume: from" in resumed.stdout or k < 2
+    a, b = tensors(final_tag(ref)), tensors(final_tag(run))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after a kill at step {k}"
+    assert metric_rows(run, k) == metric_rows(ref, k)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    switch = next(e for e in ev if e["event"] == "stage_end" and e["stage"] == "hrl")
+    assert switch["step"] == t, "the monitor-triggered transition happened at another step"
+
+
+def test_kill_during_save_falls_back_to_the_previous_checkpoint(setup, mmtc_env):
+    root, recipe, ref, _ = setup
+    run = root / "killed-in-save"
+    proc = mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault="kill_in_save@4", check=False)
+    assert proc.returncode == -9
+    assert (run / "checkpoints" / "step00000004-hrl").is_dir()
+    assert not (run / "checkpoints" / "step00000004-hrl" / "COMMIT.json").exists()
+    resumed = mmtc(["resume", str(run)], mmtc_env, root)
+    assert "skipping checkpoint step00000004-hrl: no commit marker" in resumed.stdout
+    assert "resume: from step00000002-hrl" in resumed.stdout
+    a, b = tensors(final_tag(ref)), tensors(final_tag(run))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_truncated_shard_is_detected_by_its_checksum(setup, mmtc_env):
+    root, recipe, _, _ = setup
+    run = root / "truncated"
+    mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault="kill@5", check=False)
+    shard = run / "checkpoints" / "step00000004-hrl" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = mmtc(["resume", str(run)], mmtc_env, root).stdout
+    assert "skipping checkpoint step00000004-hrl: mp_rank_00_model_states.pt has" in out
+    assert "resume: from step00000002-hrl" in out
+
+
+def test_nan_loss_skips_the_step_on_every_tensor(setup, mmtc_env):
+    root, recipe, _, _ = setup
+    run = root / "nan"
+    mmtc(["run", str(recipe), "--run-dir", str(run), "--set", "train.save_every=1"], mmtc_env, root,
+         fault="nan_loss@3")
+    before, after = tensors(run / "checkpoints" / "step00000002-hrl"), tensors(run / "checkpoints" / "step00000003-hrl")
+    for name in before:
+        if name.endswith(".step"):
+            continue  # Adam's step counter is not a weight; it is unchanged too, checked below
+        assert torch.equal(before[name], after[name]), f"{name} changed on the skipped step"
+    steps = {k: v for k, v in after.items() if k.endswith(".step")}
+    assert all(torch.equal(v, before[k]) for k, v in steps.items())
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in ev if e["event"] == "skipped_step"] == [3]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert next(r for r in rows if r["step"] == 3 and "loss" in r)["skipped_steps"] == 1
+
+
+def test_resume_refuses_a_changed_recipe_and_from_stage_keeps_the_old_attempt(setup, mmtc_env):
+    root, recipe, ref, t = setup
+    run = root / "from-stage"
+    mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault="kill@9", check=False)
+    cfg = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg.replace("lr: 0.003", "lr: 0.002"))
+    refused = mmtc(["resume", str(run)], mmtc_env, root, check=False)
+    assert refused.returncode == 2 and "train.lr: 0.003 -> 0.002" in refused.stderr
+    (run / "config.yaml").write_text(cfg)
+    mmtc(["resume", str(run)], mmtc_env, root)
+    old = {p.relative_to(run): p.read_bytes() for p in (run / "checkpoints").rglob("*")
+           if p.is_file() and "mix" in str(p) and p.name != "LATEST"}
+    out = mmtc(["resume", str(run), "--from-stage", "mix", "--set", "stages.1.until.max_steps=3"], mmtc_env, root)
+    assert "the earlier attempt is kept in" in out.stdout
+    archive = next((run / "attempts").iterdir())
+    for rel, data in old.items():
+        assert (archive / rel).read_bytes() == data, f"{rel} of the earlier attempt changed"
+    assert (archive / "metrics.jsonl").is_file() and (archive / "events.jsonl").is_file()
+    assert final_tag(run).name == f"step{t + 3:08d}-mix-final"
+    assert os.path.exists(run / "eval" / final_tag(run).name / "test.json")
