@@ -52,6 +52,9 @@ class Checkpointer:
         }
 
     def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
+        # Each rank also writes rank_state<r>.pt: its RNG and its loss sums since the last log line
+        # and dev evaluation (without them the first averages after a resume would cover fewer
+        # steps than the uninterrupted run's).
         """Save and commit; on failure (a full disk, say) report it and keep the last commit in use."""
         t = self.t
         index = t.counters.stage if stage_index is None else stage_index
@@ -65,7 +68,8 @@ class Checkpointer:
                 raise OSError(28, "No space left on device (injected)")
             t.engine.save(root, tag, self.client_state())
             faults.kill_if("kill_in_save", t.counters.step)
-            torch.save(torch.get_rng_state(), root / tag / f"rng_rank{t.dist.rank}.pt")
+            torch.save({"torch": torch.get_rng_state(), "log": t._acc, "eval": t._acc_eval},
+                       root / tag / f"rank_state{t.dist.rank}.pt")
             state = t.engine.full_state_dict() if final else None
             if state is not None:
                 torch.save(state, root / tag / "consolidated.pt")
@@ -103,13 +107,17 @@ class Checkpointer:
         if found is None:
             if t.dist.is_main:
                 print("resume: no committed checkpoint; starting from the beginning", flush=True)
+                self._truncate_logs(0)
             return None
         self._check_compatible(found, allow)
         cs = t.engine.load(t.run.checkpoints, found.tag)
         t.counters = Counters(**cs["counters"])
-        rng = found.path / f"rng_rank{t.dist.rank}.pt"
+        rng = found.path / f"rank_state{t.dist.rank}.pt"
         if rng.is_file():
-            torch.set_rng_state(torch.load(rng))
+            state = torch.load(rng)
+            torch.set_rng_state(state["torch"])
+            t._acc.copy_(state["log"])
+            t._acc_eval.copy_(state["eval"])
         if not t.counters.finished and cs.get("stream") is not None:
             t.open_stage(t.counters.stage, fresh=False)
             assert t.stream is not None and t.progress is not None
@@ -146,7 +154,7 @@ class Checkpointer:
         run = self.t.run
         for path in (run.metrics, run.events):
             rows = run.read_jsonl(path)
-            kept = [r for r in rows if r.get("step", 0) <= step]
+            kept = [r for r in rows if r.get("step", 0) <= step] if step else []
             if len(kept) != len(rows):
                 ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 

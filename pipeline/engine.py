@@ -80,6 +80,8 @@ def ds_config(recipe: RecipeConfig, world: int) -> dict[str, Any]:
         train_batch_size=t.grad_accum * world,
         gradient_clipping=t.clip_norm,
     )
+    # Our AdamW subclass (which can skip a step) is torch's AdamW to ZeRO, but not by type.
+    cfg["zero_allow_untested_optimizer"] = True
     if offloads_optimizer(cfg):
         # ZeRO-Offload steps on the CPU with DeepSpeedCPUAdam, which DeepSpeed builds itself.
         cfg["optimizer"] = {"type": "AdamW", "params": {

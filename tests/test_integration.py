@@ -51,7 +51,7 @@ def test_eval_writes_bleu_and_chrf_per_direction(zero2_run, mmtc_env):
     for entry in result["directions"].values():
         assert entry["sentences"] == 10
         assert 0 <= entry["bleu"] <= 100 and 0 <= entry["chrf"] <= 100
-        assert entry["bleu_signature"].startswith("nrefs:1|") and "chrF2" in entry["chrf_signature"]
+        assert entry["bleu_signature"].startswith("nrefs:1|") and "nc:6|nw:0" in entry["chrf_signature"]
     assert (run_dir / "eval" / "step00000040-main-final" / "dev" / "eng-rev.hyp").read_text().count("\n") == 10
     assert "eng-upp" in proc.stdout
 
