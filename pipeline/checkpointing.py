@@ -46,6 +46,8 @@ class Checkpointer:
             "counters": t.counters_state(),
             "stream": None if t.stream is None else t.stream.state_dict(),
             "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
+            # Under loss_weight the policy is not the stream's sampler and is saved on its own.
+            "policy": None if t.stream is None or t.apply == "sample" else t.policy.state_dict(),
             "world": t.dist.world,
             "corpus": t.corpus.fingerprint,
             "recipe": to_plain(t.recipe),
@@ -123,6 +125,8 @@ class Checkpointer:
             assert t.stream is not None and t.progress is not None
             t.stream.load_state_dict(cs["stream"])
             t.progress.load_state_dict(cs["curriculum"])
+            if cs.get("policy") is not None:
+                t.policy.load_state_dict(cs["policy"])
         if t.dist.is_main:
             self._truncate_logs(t.counters.step)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)

@@ -25,6 +25,9 @@ EPILOG = """examples:
   mmtc status runs/x                         # stages, step, checkpoint, monitors, last events
   mmtc eval runs/x --split test              # BLEU and chrF per direction
   echo "Where is the station?" | mmtc translate runs/x --src eng --tgt fra
+  mmtc sweep stages/temperature_t1.yaml --ratios 0.1,0.3,0.5,0.7,0.9 --out runs/sweep
+  mmtc scaling fit runs/sweep/sweep.json      # L(p, D) per direction
+  mmtc scaling solve runs/sweep/scaling_fit.json --recipe stages/demo.yaml --out stages/scaling.yaml
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
   mmtc data demo                             # build (and cache) the embedded demo corpus
 """
@@ -74,6 +77,25 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--beam", type=int)
     tr.add_argument("--checkpoint")
 
+    sw = sub.add_parser("sweep", help="short runs at several sampling ratios (for the scaling law and the Pareto front)")
+    sw.add_argument("recipe")
+    sw.add_argument("--ratios", required=True, help="comma-separated probabilities of --group, e.g. 0.1,0.3,0.5")
+    sw.add_argument("--group", default="lrl", help="the group whose share is swept (default lrl)")
+    sw.add_argument("--out", required=True, help="directory for the runs and sweep.json")
+    sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--nproc", type=int, default=1)
+
+    sc = sub.add_parser("scaling", help="fit the scaling law to a sweep, and solve for the weights")
+    scs = sc.add_subparsers(dest="scaling_command", required=True)
+    fit = scs.add_parser("fit", help="fit L(p, D) per direction to a sweep's final dev losses")
+    fit.add_argument("sweep_json", help="sweep.json written by mmtc sweep")
+    fit.add_argument("--out", help="default: scaling_fit.json beside sweep.json")
+    sol = scs.add_parser("solve", help="p = argmin Σ r_i L_i(p_i) on the simplex; optionally write a recipe")
+    sol.add_argument("fit_json")
+    sol.add_argument("--importance", default="", help="r_i per direction, e.g. eng-bos=2,eng-deu=1 (default equal)")
+    sol.add_argument("--recipe", help="recipe to copy with these weights")
+    sol.add_argument("--out", help="where to write the new recipe")
+
     data = sub.add_parser("data", help="corpus tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     chk = dsub.add_parser("check", help="validate a corpus manifest (or a recipe's corpus) and print its summary")
@@ -103,6 +125,21 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_translate(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "sweep":
+            from .sweep import run_sweep
+
+            ratios = [float(x) for x in args.ratios.split(",") if x]
+            print(run_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets, args.nproc))
+            return 0
+        if args.command == "scaling":
+            from .sweep import cmd_fit, cmd_solve
+
+            if args.scaling_command == "fit":
+                print(cmd_fit(Path(args.sweep_json), Path(args.out) if args.out else None))
+            else:
+                imp = {k: float(v) for k, v in (x.split("=") for x in args.importance.split(",") if x)}
+                print(cmd_solve(Path(args.fit_json), imp, args.recipe, Path(args.out) if args.out else None))
+            return 0
     except ConfigError as exc:
         print(f"mmtc: {exc}", file=sys.stderr)
         return 2

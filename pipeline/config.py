@@ -90,11 +90,17 @@ class SamplingConfig:
 
     kind: str = "temperature"
     params: dict[str, Any] = field(default_factory=dict)
+    apply: Literal["sample", "loss_weight"] = "sample"  # draw batches by p, or weight the losses by p
+    every: int = 1  # update cadence of a dynamic policy, in steps
+    batches: Literal["proportional", "uniform"] = "proportional"  # the batch mix under loss_weight
 
     def check(self, path: str) -> Check:
         from .sampling import check_sampling
 
-        return check_sampling(self, path)
+        out = check_sampling(self, path)
+        if self.every < 1:
+            out.append((_key(path, "every"), "must be >= 1"))
+        return out
 
 
 @dataclass

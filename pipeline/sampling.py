@@ -37,19 +37,50 @@ def rng_for(*keys: int) -> np.random.Generator:
 
 
 class Sampler:
-    """Base class: a distribution over the stage's directions plus a generator to draw from it."""
+    """Base class: a distribution over the stage's directions plus a generator to draw from it.
+
+    Dynamic kinds (weighting policies) also see what training observes: `observe_train` after
+    every step (per-direction mean NLL, NaN where a direction had no tokens, and token counts,
+    identical on every rank), `observe_dev` at evaluations and, when `needs_gradients` is set,
+    `observe_alignment` with cosines between per-direction train and dev gradients. `step` is
+    the stage-local step. Everything they learn must be in `_state()` so a resume is exact.
+    """
 
     kind = "base"
+    dynamic = False
+    needs_gradients = False  # True: observe_alignment every `every` steps (costs extra backward passes)
+    every = 1  # update cadence in steps (SamplingConfig.every)
 
     def __init__(self, names: Sequence[str], sizes: Sequence[int]) -> None:
         if len(names) != len(sizes) or not names:
             raise ValueError("a sampler needs one size per direction and at least one direction")
         self.names = list(names)
         self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.data_p = self.sizes / self.sizes.sum()
         self._rng = rng_for(0)
 
     def probabilities(self, step: int) -> np.ndarray:
         raise NotImplementedError
+
+    def observe_train(self, step: int, loss: np.ndarray, tokens: np.ndarray) -> None:
+        """Called after every optimizer step of the stage."""
+
+    def observe_dev(self, step: int, dev: np.ndarray) -> None:
+        """Called at evaluation steps with the dev NLL of the stage's directions."""
+
+    def observe_alignment(self, step: int, info: dict[str, Any]) -> None:
+        """info["cos"][i, j] = cos(grad of train direction i, grad of dev direction j), and more
+        (see `pipeline/alignment.py`); called every `every` steps when `needs_gradients` is set."""
+
+    def log_values(self) -> dict[str, Any]:
+        """Scalars worth logging beside p (a temperature, say)."""
+        return {}
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        pass
 
     def reseed(self, *keys: int) -> None:
         self._rng = rng_for(*keys)
@@ -60,7 +91,8 @@ class Sampler:
         return self._rng.choice(len(self.names), size=n, p=probs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "names": list(self.names), "rng": self._rng.bit_generator.state}
+        return {"kind": self.kind, "names": list(self.names), "rng": self._rng.bit_generator.state,
+                "policy": self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != self.kind or list(state.get("names", [])) != self.names:
@@ -69,6 +101,7 @@ class Sampler:
                 f"this sampler is {self.kind} over {self.names}"
             )
         self._rng.bit_generator.state = state["rng"]
+        self._load(state.get("policy", {}))
 
 
 @dataclass
@@ -157,8 +190,18 @@ REGISTRY: dict[str, SamplerKind] = {
 }
 
 
+def register(kind: str, params: type, build: Callable[[Sequence[str], Sequence[int], Any], Sampler]) -> None:
+    REGISTRY[kind] = SamplerKind(params, build)
+
+
+def _registry() -> dict[str, SamplerKind]:
+    from . import policies  # noqa: F401  (registers the dynamic weighting policies)
+
+    return REGISTRY
+
+
 def check_sampling(cfg: SamplingConfig, path: str) -> list[tuple[str, str]]:
-    kind = REGISTRY.get(cfg.kind)
+    kind = _registry().get(cfg.kind)
     if kind is None:
         return [(f"{path}.kind", f"unknown sampler {cfg.kind!r}; known: {', '.join(sorted(REGISTRY))}")]
     try:
@@ -168,7 +211,12 @@ def check_sampling(cfg: SamplingConfig, path: str) -> list[tuple[str, str]]:
     return []
 
 
-def build_sampler(cfg: SamplingConfig, names: Sequence[str], sizes: Sequence[int]) -> Sampler:
-    kind = REGISTRY[cfg.kind]
+def build_sampler(cfg: SamplingConfig, names: Sequence[str], sizes: Sequence[int], horizon: int = 0) -> Sampler:
+    """`horizon`: the stage's length in steps, for schedules that span the stage."""
+    kind = _registry()[cfg.kind]
     params = bind(kind.params, cfg.params, path="sampling.params")
-    return kind.build(names, sizes, params)
+    if hasattr(params, "horizon") and not getattr(params, "steps", None):
+        params.horizon = horizon
+    sampler = kind.build(names, sizes, params)
+    sampler.every = cfg.every
+    return sampler

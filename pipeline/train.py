@@ -14,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import faults
-from .config import RecipeConfig
+from .config import RecipeConfig, SamplingConfig
 from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
@@ -27,7 +28,7 @@ from .model import Seq2SeqTransformer, resolve_arch
 from .monitors import Observation
 from .progress import Progress
 from .rundir import RunDir
-from .sampling import build_sampler
+from .sampling import Sampler, build_sampler
 
 
 class TrainingStopped(RuntimeError):
@@ -60,6 +61,9 @@ class Trainer:
         self.counters = Counters()
         self.stream: BatchStream | None = None
         self.progress: StageProgress | None = None
+        self.policy: Sampler = build_sampler(SamplingConfig("uniform"), self.names, [1] * len(self.names))
+        self.apply = "sample"
+        self.stage_ids = np.arange(len(self.names))
         self.dev = DevLoss(corpus, dist)
         # [loss, nll, tokens] per direction: since the last log line, and since the last dev eval
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
@@ -74,19 +78,32 @@ class Trainer:
         """Build the stage's sampler, batch stream and monitors; `fresh` applies its transitions."""
         stage = self.stages[index]
         names = self.corpus.manifest.select(stage.directions)
-        sampler = build_sampler(self.recipe.stage_sampling(stage), names, self.corpus.sizes(names))
-        specs = {d.name: d for d in self.corpus.manifest.directions}
-        t = self.recipe.train
-        self.stream = BatchStream(
-            [self.corpus.splits["train"][n] for n in names],
-            [self.names.index(n) for n in names],
-            [self.corpus.tokenizer.tag_id(specs[n].tgt) for n in names],
-            sampler,
-            seed=self.recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=t.chunk_steps,
-            world=self.dist.world, rank=self.dist.rank, accum=t.grad_accum,
-        )
+        sizes = self.corpus.sizes(names)
         start = self.counters.step - self.counters.stage_step
         self.progress = StageProgress(self.recipe, index, self.corpus.manifest, start)
+        cfg = self.recipe.stage_sampling(stage)
+        self.policy = build_sampler(cfg, names, sizes, horizon=self.progress.limit() - start)
+        self.apply = cfg.apply
+        # Under loss_weight the policy only weighs losses; batches keep their own (static) mix.
+        batch_sampler = self.policy if cfg.apply == "sample" else build_sampler(SamplingConfig(cfg.batches), names, sizes)
+        specs = {d.name: d for d in self.corpus.manifest.directions}
+        t = self.recipe.train
+        # A dynamic policy's p takes effect when the next chunk is planned: plan at its cadence.
+        chunk = min(t.chunk_steps, self.policy.every) if self.policy.dynamic and cfg.apply == "sample" else t.chunk_steps
+        self.stage_ids = np.array([self.names.index(n) for n in names])
+        self.probe = None
+        if self.policy.needs_gradients:
+            from .alignment import GradientProbe
+
+            self.probe = GradientProbe(self, getattr(self.policy.params, "probe_tokens", t.max_tokens))
+        self.stream = BatchStream(
+            [self.corpus.splits["train"][n] for n in names],
+            list(self.stage_ids),
+            [self.corpus.tokenizer.tag_id(specs[n].tgt) for n in names],
+            batch_sampler,
+            seed=self.recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=chunk,
+            world=self.dist.world, rank=self.dist.rank, accum=t.grad_accum,
+        )
         if not fresh:
             return
         if index > 0 and stage.optimizer == "reset":
@@ -101,31 +118,49 @@ class Trainer:
             self.run.append(self.run.events, {"step": self.counters.step, "event": kind, **fields})
 
     # -- one step ----------------------------------------------------------------------------
+    def token_scales(self, sb: StepBatches) -> torch.Tensor:
+        """Per-direction factor on summed token losses; DeepSpeed then divides by world × accum.
+
+        sample: every token counts the same, 1 / (the step's target tokens). loss_weight: each
+        direction's mean token loss weighted by the policy, over the directions in the step.
+        """
+        n = self.dist.world * self.recipe.train.grad_accum
+        if self.apply == "sample":
+            return torch.full((len(self.names),), n / max(1, sb.global_tgt_tokens), dtype=torch.float32)
+        assert self.progress is not None
+        w = np.zeros(len(self.names))
+        w[self.stage_ids] = self.policy.probabilities(self.counters.stage_step)
+        tokens = np.zeros(len(self.names))
+        for d, k in sb.dir_tokens.items():
+            tokens[d] = k
+        w = np.where(tokens > 0, w, 0.0)
+        w = w / w.sum() if w.sum() > 0 else np.where(tokens > 0, 1.0, 0.0) / max(1, (tokens > 0).sum())
+        return torch.tensor(n * w / np.maximum(tokens, 1), dtype=torch.float32)
+
     def train_step(self, sb: StepBatches) -> bool:
         """One optimizer step; False when it was skipped (non-finite loss or gradient somewhere)."""
         dev = self.dist.device
-        scale = self.dist.world * self.recipe.train.grad_accum / max(1, sb.global_tgt_tokens)
+        scales = self.token_scales(sb).to(dev)
         step_acc = torch.zeros_like(self._acc)
-        bad = torch.zeros(1)
         for i, mb in enumerate(sb.micro):
             tgt_out = mb.tgt_out.to(dev)
             loss_tok, nll_tok = self.engine(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
             if i == 0 and self.dist.is_main and faults.armed("nan_loss", self.counters.step + 1):
                 loss_tok = loss_tok * float("nan")
             seq_loss = loss_tok.sum(1)
-            total = seq_loss.sum()
-            if not bool(torch.isfinite(total)):
-                bad += 1
-            if i == len(sb.micro) - 1 and bool(all_reduce_sum(bad.clone()) > 0):
-                # Every rank agrees before the last micro-batch's step: the update is skipped on all.
-                self.engine.skip_next_step()
-            self.engine.backward(total * scale)
-            self.engine.step()
             d = mb.direction
             with torch.no_grad():
                 step_acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
                 step_acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
                 step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
+            if i == len(sb.micro) - 1:
+                # One all-reduce per step: every rank learns whether any loss was non-finite
+                # (then all skip the update) and the step's per-direction losses (for policies).
+                stats = all_reduce_sum(torch.cat([step_acc[0].sum().reshape(1), step_acc[1], step_acc[2]]))
+                if not bool(torch.isfinite(stats[0])):
+                    self.engine.skip_next_step()
+            self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
+            self.engine.step()
         applied = self.engine.last_step_applied()
         self.counters.step += 1
         self.counters.stage_step += 1
@@ -136,11 +171,33 @@ class Trainer:
             self._acc += step_acc
             self._acc_eval += step_acc
             self.counters.bad_in_a_row = 0
+            k = len(self.names)
+            nll, tok = stats[1 : k + 1].numpy()[self.stage_ids], stats[k + 1 :].numpy()[self.stage_ids]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.policy.observe_train(self.counters.stage_step, np.where(tok > 0, nll / tok, np.nan), tok)
+            if self.probe is not None and self.counters.stage_step % self.policy.every == 0:
+                self.align()
         else:
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
             self.event("skipped_step", reason="non-finite loss or gradient norm", skipped=self.counters.skipped_steps)
         return applied
+
+    def align(self) -> None:
+        """Per-direction gradient statistics for a policy that learns from them (in eval mode, so
+        no dropout and no random numbers are drawn)."""
+        assert self.probe is not None
+        train_names = [self.names[i] for i in self.stage_ids]
+        self.engine.train(False)
+        info = self.probe.cosines(self.counters.stage_step, train_names, self.names)
+        if getattr(self.policy, "wants_curvature", False):
+            dev_mean = torch.stack(info["dev_grads"]).mean(0)
+            units = [g / g.norm().clamp_min(1e-30) for g in info["train_grads"]]
+            info["dev_alignment"] = self.probe.gram(units, [dev_mean])[:, 0]
+            info["curvature"] = self.probe.curvature(self.counters.stage_step, self.names, info["train_grads"])
+        self.engine.train(True)
+        del info["train_grads"], info["dev_grads"]
+        self.policy.observe_alignment(self.counters.stage_step, info)
 
     # -- logging -----------------------------------------------------------------------------
     def log(self) -> None:
@@ -169,6 +226,12 @@ class Trainer:
             },
             "p": {self.names[i]: round(float(x), 6) for i, x in zip(self.stream.dir_ids, self.stream.p)},
         }
+        if self.apply == "loss_weight":
+            w = self.policy.probabilities(self.counters.stage_step)
+            record["loss_weights"] = {self.names[i]: round(float(x), 6) for i, x in zip(self.stage_ids, w)}
+        extra = self.policy.log_values()
+        if extra:
+            record["policy"] = extra
         self.run.append(self.run.metrics, record)
         self.meter.show(record)
 
@@ -185,6 +248,7 @@ class Trainer:
             acc = all_reduce_sum(self._acc_eval.clone())
             self._acc_eval.zero_()
             train = {n: float(acc[1, i] / acc[2, i]) for i, n in enumerate(self.names) if acc[2, i] > 0}
+            self.policy.observe_dev(self.counters.stage_step, np.array([dev[self.names[i]] for i in self.stage_ids]))
             if self.dist.is_main:
                 self.run.append(self.run.metrics, {"step": self.counters.step, "stage": self.progress.stage.name,
                                                    "dev_loss": dev, "train_nll": train,

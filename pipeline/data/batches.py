@@ -38,6 +38,7 @@ class Batch:
 class StepBatches:
     micro: list[Batch]  # this rank's micro-batches for one optimizer step (grad_accum of them)
     global_tgt_tokens: int  # over every rank's micro-batches of the step: the loss normaliser
+    dir_tokens: dict[int, int]  # the same, per direction id (for per-direction loss weights)
 
 
 def collate(
@@ -183,9 +184,13 @@ class BatchStream:
         per_step = self.world * self.accum
         base = (step - self.chunk * self.chunk_steps) * per_step
         glob = self._plan[base : base + per_step]
-        total = sum(int(self.tgt_sizes[d][i]) for mb in glob for d, i in mb)
+        dir_tokens: dict[int, int] = {}
+        for mb in glob:
+            for d, i in mb:
+                dir_tokens[self.dir_ids[d]] = dir_tokens.get(self.dir_ids[d], 0) + int(self.tgt_sizes[d][i])
         mine = [glob[a * self.world + self.rank] for a in range(self.accum)]
-        return StepBatches([collate(mb, self.splits, self.tags, self.dir_ids) for mb in mine], total)
+        return StepBatches([collate(mb, self.splits, self.tags, self.dir_ids) for mb in mine],
+                           sum(dir_tokens.values()), dir_tokens)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,126 @@
+"""Per-direction gradients for the policies that learn from them (MultiDDS-S, CATS).
+
+Every `every` steps (for a policy with `needs_gradients`) the probe takes one train batch and one dev batch per direction
+(drawn by a generator keyed on seed, stage and step, so a resume draws the same ones), computes
+each batch's gradient with `torch.autograd.grad` on the module (outside DeepSpeed's backward, so
+training gradients are untouched), data-parallel: every rank takes its share of the rows and the
+flattened gradients are summed with one all-reduce. Dot products are then computed on each rank's
+slice of the vectors and summed with a second all-reduce of a small matrix.
+
+ZeRO-3 partitions the parameters themselves, which this probe reads whole: recipes that combine
+the two are refused when the stage opens.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .data.batches import Batch, collate
+from .engine import all_reduce_sum
+from .sampling import rng_for
+
+if TYPE_CHECKING:
+    from .train import Trainer
+
+_PROBE = 0x4D44
+
+
+class GradientProbe:
+    def __init__(self, trainer: Trainer, probe_tokens: int) -> None:
+        self.t = trainer
+        self.probe_tokens = probe_tokens
+        if trainer.engine.zero_stage == 3:
+            raise ValueError("gradient-alignment policies (multidds, cats) read whole parameters on every rank: "
+                             "use ZeRO 0, 1 or 2 (deepspeed.config), not ZeRO-3")
+        self.params = [p for p in trainer.engine.module.parameters() if p.requires_grad]
+        amp = trainer.recipe.train.precision == "amp_bf16"
+        self._autocast = (lambda: torch.autocast(trainer.dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
+
+    def _batch(self, split: str, name: str, step: int, purpose: int) -> Batch:
+        t = self.t
+        data = t.corpus.splits[split][name]
+        spec = next(d for d in t.corpus.manifest.directions if d.name == name)
+        rng = rng_for(t.recipe.seed, t.counters.stage, step, t.names.index(name), purpose, _PROBE)
+        order = rng.permutation(len(data))
+        sizes = np.maximum(data.src_lens + 2, data.tgt_lens + 1)[order]
+        # at least one row per rank, so every rank has a graph to differentiate
+        take = min(len(order), max(t.dist.world, int(np.searchsorted(np.cumsum(sizes), self.probe_tokens))))
+        rows = order[:take]
+        return collate([(0, int(i)) for i in rows], [data], [t.corpus.tokenizer.tag_id(spec.tgt)], [0])
+
+    def _local_rows(self, b: Batch) -> Batch | None:
+        w, r = self.t.dist.world, self.t.dist.rank
+        idx = torch.arange(r, b.src.shape[0], w)
+        if not len(idx):
+            return None
+        return Batch(b.src[idx], b.tgt_in[idx], b.tgt_out[idx], b.direction[idx], int((b.tgt_out[idx] != 0).sum()))
+
+    def loss(self, b: Batch) -> tuple[torch.Tensor, int]:
+        """This rank's summed NLL on its rows of `b` (graph kept), and the batch's total tokens."""
+        dev = self.t.dist.device
+        mine = self._local_rows(b)
+        if mine is None:
+            raise ValueError(f"a probe batch of {b.src.shape[0]} rows cannot feed {self.t.dist.world} ranks")
+        # The math attention kernel: it has the double backward the curvature's HVPs need.
+        with self._autocast(), sdpa_kernel(SDPBackend.MATH):
+            _, nll = self.t.engine.module(mine.src.to(dev), mine.tgt_in.to(dev), mine.tgt_out.to(dev))
+        return nll.sum(), b.tgt_tokens
+
+    def flat_grad(self, b: Batch, create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The batch's mean-token gradient, averaged over ranks, as one float32 vector (and, with
+        `create_graph`, the per-parameter gradients still attached to the graph)."""
+        total, ntok = self.loss(b)
+        grads = list(torch.autograd.grad(total / ntok, self.params, create_graph=create_graph))
+        flat = torch.cat([g.detach().float().reshape(-1) for g in grads])
+        return all_reduce_sum(flat), (grads if create_graph else None)
+
+    def _slice(self, v: torch.Tensor) -> torch.Tensor:
+        w, r = self.t.dist.world, self.t.dist.rank
+        n = v.numel()
+        return v[r * n // w : (r + 1) * n // w]
+
+    def gram(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> np.ndarray:
+        """[len(a), len(b)] dot products, each rank on its slice, summed with one all-reduce."""
+        sa = torch.stack([self._slice(x) for x in a]).double()
+        sb = torch.stack([self._slice(x) for x in b]).double()
+        return all_reduce_sum(sa @ sb.T).numpy()
+
+    def gradients(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, Any]:
+        train = [self.flat_grad(self._batch("train", n, step, 1))[0] for n in names]
+        dev = [self.flat_grad(self._batch("dev", n, step, 2))[0] for n in dev_names]
+        return {"train": train, "dev": dev}
+
+    def cosines(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, np.ndarray]:
+        """cos[i, j] between train gradient i and dev gradient j, and the raw dot products."""
+        g = self.gradients(step, names, dev_names)
+        dots = self.gram(g["train"], g["dev"])
+        tn = np.sqrt(np.maximum(np.diag(self.gram(g["train"], g["train"])), 1e-30))
+        dn = np.sqrt(np.maximum(np.diag(self.gram(g["dev"], g["dev"])), 1e-30))
+        return {"cos": dots / tn[:, None] / dn[None, :], "dots": dots, "train_norm": tn, "dev_norm": dn,
+                "train_grads": g["train"], "dev_grads": g["dev"]}
+
+    def curvature(self, step: int, dev_names: list[str], directions: list[torch.Tensor]) -> np.ndarray:
+        """K[i, j] = v_iᵀ H v_j for unit vectors v along `directions`, H the Hessian of the mean dev
+        loss over `dev_names`, by double backpropagation (exact Hessian-vector products)."""
+        units = [d / d.norm().clamp_min(1e-30) for d in directions]
+        total = None
+        for n in dev_names:
+            b = self._batch("dev", n, step, 3)
+            loss, ntok = self.loss(b)
+            term = loss / ntok / len(dev_names)
+            total = term if total is None else total + term
+        assert total is not None
+        grads = torch.autograd.grad(total, self.params, create_graph=True)
+        sizes = [p.numel() for p in self.params]
+        hv = []
+        for k, u in enumerate(units):
+            vs = [c.view_as(p).to(p.dtype) for c, p in zip(torch.split(u, sizes), self.params)]
+            out = torch.autograd.grad(grads, self.params, grad_outputs=vs, retain_graph=k < len(units) - 1)
+            # each rank's rows contribute their share of the mean loss: the HVPs add up over ranks
+            hv.append(all_reduce_sum(torch.cat([o.detach().float().reshape(-1) for o in out])))
+        return self.gram(units, hv)

@@ -1,0 +1,3 @@
+"""Dynamic weighting policies; importing this package registers them with `pipeline.sampling`."""
+
+from . import bandit, dro, learned, schedules  # noqa: F401

@@ -1,0 +1,122 @@
+"""`mmtc sweep` and `mmtc scaling fit|solve`: short runs at several sampling ratios, the scaling
+law fitted to their dev losses, and the weights that minimise the predicted loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .config import load_recipe
+from .data.manifest import load_manifest
+from .data.prepare import resolve_manifest
+from .scaling import Fit, fit_direction, load_fits, save_fits, solve
+
+
+def ratio_weights(names: Sequence[str], sizes: Sequence[int], groups: dict[str, str | None], group: str,
+                  ratio: float) -> dict[str, float]:
+    """`ratio` of the probability to `group`, the rest to the others; size-proportional within each."""
+    inside = [i for i, n in enumerate(names) if groups.get(n) == group]
+    outside = [i for i in range(len(names)) if i not in inside]
+    if not inside or not outside:
+        raise ValueError(f"--group {group}: needs directions both in and outside the group")
+    w = np.zeros(len(names))
+    for idx, share in ((inside, ratio), (outside, 1.0 - ratio)):
+        s = np.array([sizes[i] for i in idx], dtype=np.float64)
+        w[idx] = share * s / s.sum()
+    return {n: round(float(x), 8) for n, x in zip(names, w)}
+
+
+def plan_sweep(recipe_path: str, ratios: Sequence[float], group: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
+    from .data.prepare import prepare_corpus
+
+    recipe = load_recipe(recipe_path, list(overrides))
+    corpus = prepare_corpus(recipe.data, recipe.tokenizer, log=lambda _m: None)
+    names = corpus.manifest.names
+    sizes = corpus.sizes(names)
+    groups = {d.name: d.group for d in corpus.manifest.directions}
+    return [{"ratio": r, "weights": ratio_weights(names, sizes, groups, group, r)} for r in ratios]
+
+
+def run_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Path, overrides: Sequence[str],
+              nproc: int = 1) -> Path:
+    """One single-stage run per ratio under `out`, each with explicit weights; returns sweep.json."""
+    plan = plan_sweep(recipe_path, ratios, group, overrides)
+    recipe = load_recipe(recipe_path, list(overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in plan:
+        run_dir = out / f"ratio-{entry['ratio']:.3f}"
+        entry["run_dir"] = str(run_dir)
+        sampling = {"kind": "weights", "params": {"weights": entry["weights"]}}
+        sets = [*overrides, "stages=[]", f"sampling={json.dumps(sampling)}",
+                # the fit needs each run's final dev losses
+                f"train.eval_every={recipe.train.max_steps}"]
+        cmd = [sys.executable, "-m", "pipeline", "run", recipe_path, "--run-dir", str(run_dir), "--nproc", str(nproc)]
+        for s in sets:
+            cmd += ["--set", s]
+        print(f"sweep: ratio {entry['ratio']} of {group} -> {run_dir}", flush=True)
+        if subprocess.call(cmd) != 0:
+            raise RuntimeError(f"sweep run {run_dir} failed")
+    path = out / "sweep.json"
+    path.write_text(json.dumps({"recipe": recipe_path, "group": group, "runs": plan}, indent=1))
+    return path
+
+
+def final_dev_losses(run_dir: Path) -> dict[str, float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    dev = [r["dev_loss"] for r in rows if "dev_loss" in r]
+    if not dev:
+        raise ValueError(f"{run_dir}: no dev loss was logged (set train.eval_every)")
+    return dev[-1]
+
+
+def fit_sweep(sweep_json: Path) -> list[Fit]:
+    sweep = json.loads(sweep_json.read_text())
+    recipe = load_recipe(sweep["recipe"])
+    manifest = load_manifest(resolve_manifest(recipe.data, lambda _m: None))
+    summary = json.loads((Path(sweep["runs"][0]["run_dir"]) / "data_summary.json").read_text())
+    fits = []
+    for name in manifest.names:
+        ratios, losses = [], []
+        for run in sweep["runs"]:
+            ratios.append(run["weights"][name])
+            losses.append(final_dev_losses(Path(run["run_dir"]))[name])
+        size = summary["directions"][name]["train"]["pairs"]
+        fits.append(fit_direction(name, size, ratios, losses))
+    return fits
+
+
+def write_recipe_with_weights(recipe_path: str, weights: dict[str, float], out: Path) -> None:
+    data = yaml.safe_load(Path(recipe_path).read_text()) or {}
+    data["sampling"] = {"kind": "weights", "params": {"weights": weights}}
+    header = f"# {recipe_path} with scaling-law weights from `mmtc scaling solve`\n"
+    out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def cmd_fit(sweep_json: Path, out: Path | None) -> str:
+    fits = fit_sweep(sweep_json)
+    out = out or sweep_json.with_name("scaling_fit.json")
+    save_fits(fits, out)
+    rows = [f"scaling-law fit per direction ({out}):", f"  {'direction':<12}{'D':>8}{'points':>8}{'rmse':>9}  params"]
+    for f in fits:
+        params = " ".join(f"{k}={v:.3g}" for k, v in f.params.items())
+        rows.append(f"  {f.direction:<12}{f.size:>8}{f.points:>8}{f.rmse:>9.4f}  {params}")
+    return "\n".join(rows)
+
+
+def cmd_solve(fit_json: Path, importance: dict[str, float], recipe: str | None, out: Path | None) -> str:
+    fits = load_fits(fit_json)
+    r = np.array([importance.get(f.direction, 1.0) for f in fits])
+    p = solve(fits, r / r.sum())
+    weights = {f.direction: round(float(x), 6) for f, x in zip(fits, p)}
+    rows = ["p = argmin Σ r_i L_i(p_i):"] + [f"  {k:<12}{v:.4f}" for k, v in weights.items()]
+    if recipe and out:
+        write_recipe_with_weights(recipe, weights, out)
+        rows.append(f"written into {out}")
+    return "\n".join(rows)
