@@ -48,6 +48,7 @@ class Checkpointer:
             "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
             # Under loss_weight the policy is not the stream's sampler and is saved on its own.
             "policy": None if t.stream is None or t.apply == "sample" else t.policy.state_dict(),
+            "surgery": None if t.stream is None or t.task_step is None else t.task_step.state_dict(),
             "world": t.dist.world,
             "corpus": t.corpus.fingerprint,
             "recipe": to_plain(t.recipe),
@@ -70,7 +71,8 @@ class Checkpointer:
                 raise OSError(28, "No space left on device (injected)")
             t.engine.save(root, tag, self.client_state())
             faults.kill_if("kill_in_save", t.counters.step)
-            torch.save({"torch": torch.get_rng_state(), "log": t._acc, "eval": t._acc_eval},
+            target = None if t.task_step is None else t.task_step.target
+            torch.save({"torch": torch.get_rng_state(), "log": t._acc, "eval": t._acc_eval, "target": target},
                        root / tag / f"rank_state{t.dist.rank}.pt")
             state = t.engine.full_state_dict() if final else None
             if state is not None:
@@ -114,12 +116,13 @@ class Checkpointer:
         self._check_compatible(found, allow)
         cs = t.engine.load(t.run.checkpoints, found.tag)
         t.counters = Counters(**cs["counters"])
+        rank_state: dict[str, Any] = {}
         rng = found.path / f"rank_state{t.dist.rank}.pt"
         if rng.is_file():
-            state = torch.load(rng)
-            torch.set_rng_state(state["torch"])
-            t._acc.copy_(state["log"])
-            t._acc_eval.copy_(state["eval"])
+            rank_state = torch.load(rng)
+            torch.set_rng_state(rank_state["torch"])
+            t._acc.copy_(rank_state["log"])
+            t._acc_eval.copy_(rank_state["eval"])
         if not t.counters.finished and cs.get("stream") is not None:
             t.open_stage(t.counters.stage, fresh=False)
             assert t.stream is not None and t.progress is not None
@@ -127,6 +130,8 @@ class Checkpointer:
             t.progress.load_state_dict(cs["curriculum"])
             if cs.get("policy") is not None:
                 t.policy.load_state_dict(cs["policy"])
+            if cs.get("surgery") is not None and t.task_step is not None:
+                t.task_step.load_state_dict(cs["surgery"], rank_state.get("target"))
         if t.dist.is_main:
             self._truncate_logs(t.counters.step)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)

@@ -104,6 +104,30 @@ class SamplingConfig:
 
 
 @dataclass
+class SurgeryConfig:
+    """Gradient surgery over tasks (directions or groups of directions); T tasks cost T backwards."""
+
+    method: Literal["none", "pcgrad", "gradvac", "graddrop", "target_projection"] = "none"
+    tasks: Literal["directions", "groups"] = "groups"  # groups: the manifest's, or `groups:` below
+    groups: dict[str, list[str]] = field(default_factory=dict)  # task name -> directions/group:NAME
+    beta: float = 0.01  # gradvac: EMA rate of the similarity targets
+    granularity: Literal["model", "layer"] = "model"  # gradvac: one target per task pair, or per layer
+    leak: float = 0.0  # graddrop
+    refresh: int = 100  # target_projection: the dev gradient is recomputed every K steps
+    target_tokens: int = 4000  # target_projection: dev tokens in the target gradient's batch
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if not 0 < self.beta <= 1:
+            out.append((_key(path, "beta"), "must be in (0, 1]"))
+        if not 0 <= self.leak <= 1:
+            out.append((_key(path, "leak"), "must be in [0, 1]"))
+        if self.refresh < 1:
+            out.append((_key(path, "refresh"), "must be >= 1"))
+        return out
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 1000  # optimizer steps for the whole run (every stage counts)
     max_tokens: int = 4096  # padded tokens per micro-batch (per rank), the larger side counted
@@ -121,6 +145,7 @@ class TrainConfig:
     eval_every: int = 0  # dev loss per direction every N steps (0: never); monitors read it
     save_every: int = 0  # 0: only at the end of each stage
     max_bad_steps: int = 5  # non-finite loss or gradient this many steps in a row: save and stop
+    grad_similarity_every: int = 0  # log pairwise cosines of the task gradients every N steps (0: never)
     keep_last: int = 2
     threads: int | None = None  # torch threads per process (default: cores / processes)
     chunk_steps: int = 32  # data order is regenerated per chunk of steps, see pipeline/data/batches.py
@@ -233,6 +258,7 @@ class StageConfig:
     optimizer: Literal["continue", "reset"] = "continue"  # Adam moments from the previous stage
     lr_schedule: Literal["continue", "reset"] = "continue"  # reset: a new warm-up and decay
     warmup_steps: int | None = None  # after a reset (default train.warmup_steps)
+    surgery: SurgeryConfig | None = None  # None: the recipe's top-level surgery
 
     def check(self, path: str) -> Check:
         out: Check = []
@@ -251,6 +277,7 @@ class RecipeConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -260,6 +287,9 @@ class RecipeConfig:
         names = [s.name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         out: Check = [("stages", f"stage names must be unique; repeated: {', '.join(dup)}")] if dup else []
+        surgical = [self.surgery] + [s.surgery for s in self.stages if s.surgery is not None]
+        if any(c.method != "none" for c in surgical) and self.train.precision in ("bf16", "fp16"):
+            out.append(("train.precision", "gradient surgery works on fp32 gradients: use fp32 or amp_bf16"))
         for i, stage in enumerate(self.stages):
             for j, m in enumerate(stage.until.monitors):
                 if m.monitor != "budget" and not self.train.eval_every:
@@ -275,6 +305,9 @@ class RecipeConfig:
 
     def stage_sampling(self, stage: StageConfig) -> SamplingConfig:
         return stage.sampling if stage.sampling is not None else self.sampling
+
+    def stage_surgery(self, stage: StageConfig) -> SurgeryConfig:
+        return stage.surgery if stage.surgery is not None else self.surgery
 
 
 def resolve_recipe_path(recipe: str | Path | None) -> Path:

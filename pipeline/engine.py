@@ -19,6 +19,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from deepspeed.utils import safe_get_local_grad, safe_set_local_grad  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from .config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
@@ -149,6 +150,12 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
 
+    def set_boundary(self, last_micro_batch: bool) -> None:
+        """Say whether the coming forward/backward ends the step's gradient accumulation. The
+        trainer owns this (rather than DeepSpeed's micro-step counter) because a surgery step
+        runs a task's micro-batches once per task and then steps once."""
+        self.ds.set_gradient_accumulation_boundary(last_micro_batch)
+
     def step(self) -> None:
         opt = self.client_optimizer
         if opt is not None:
@@ -180,6 +187,82 @@ class Engine:
         if not isinstance(inner, torch.optim.Optimizer):
             raise RuntimeError(f"cannot find the torch optimizer inside {type(self.optimizer).__name__}")
         inner.state.clear()
+
+    # -- this rank's shard of the reduced gradient (gradient surgery, diagnostics) ------------------
+    # After a backward at a gradient-accumulation boundary DeepSpeed has averaged the gradient over
+    # ranks. ZeRO-0 leaves it whole on every rank (we take the rank's slice of it, so shards are
+    # disjoint); ZeRO-1/2 keep each rank's fragment of each parameter (`_hp_mapping`); ZeRO-3
+    # exposes its local partition through `safe_get_local_grad`. Summing shard-wise dot products
+    # over ranks gives the dot products of the full averaged gradients.
+    def _fragment(self, p: torch.nn.Parameter) -> torch.Tensor | None:
+        if self.zero_stage == 3:
+            return safe_get_local_grad(p)
+        if self.zero_stage == 0:
+            return p.grad
+        hp = getattr(p, "_hp_mapping", None)
+        return None if hp is None else hp.get_lp_grad_fragment(p._index_in_param_group)
+
+    def _zero0_bounds(self, n: int) -> tuple[int, int]:
+        w, r = self.dist.world, self.dist.rank
+        return r * n // w, (r + 1) * n // w
+
+    def shard_layout(self) -> list[tuple[str, int]]:
+        """(parameter name, length of this rank's shard of it), in shard order."""
+        out = []
+        for name, p in self.module.named_parameters():
+            f = self._fragment(p)
+            out.append((name, 0 if f is None else f.numel()))
+        if self.zero_stage == 0:  # the rank's slice of the concatenation
+            total = sum(n for _, n in out)
+            lo, hi = self._zero0_bounds(total)
+            clipped, pos = [], 0
+            for name, n in out:
+                a, b = max(pos, lo), min(pos + n, hi)
+                clipped.append((name, max(0, b - a)))
+                pos += n
+            out = clipped
+        return out
+
+    def local_grad_shard(self) -> torch.Tensor:
+        """A float32 copy of this rank's shard of the current (reduced) gradient."""
+        parts = []
+        for p in self.module.parameters():
+            f = self._fragment(p)
+            if f is not None:
+                parts.append(f.detach().float().reshape(-1))
+        flat = torch.cat(parts) if parts else torch.zeros(0)
+        if self.zero_stage == 0:
+            lo, hi = self._zero0_bounds(flat.numel())
+            return flat[lo:hi].clone()
+        return flat.clone()
+
+    def set_local_grad_shard(self, shard: torch.Tensor) -> None:
+        """Write this rank's shard of the gradient the optimizer will apply (under ZeRO-0, where
+        every rank applies the whole gradient, the ranks' slices are first summed into it)."""
+        src, offset = shard, 0
+        if self.zero_stage == 0:
+            total = sum(p.grad.numel() for p in self.module.parameters() if p.grad is not None)
+            lo, hi = self._zero0_bounds(total)
+            src = torch.zeros(total, dtype=torch.float32, device=shard.device)
+            src[lo:hi] = shard
+            all_reduce_sum(src)
+        for p in self.module.parameters():
+            f = self._fragment(p)
+            if f is None:
+                continue
+            piece = src[offset : offset + f.numel()].to(f.dtype).view_as(f)
+            if self.zero_stage == 3:
+                safe_set_local_grad(p, piece)
+            else:
+                f.data.copy_(piece)
+            offset += f.numel()
+
+    def clear_grads(self) -> None:
+        """Drop the current gradient (between the backward passes of two tasks)."""
+        if self.zero_stage == 0:
+            self.ds.zero_grad()
+        else:
+            self.optimizer.zero_grad()
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

@@ -11,7 +11,7 @@ The trainer does not know which sampler or monitor it runs.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,15 @@ class Trainer:
         # A dynamic policy's p takes effect when the next chunk is planned: plan at its cadence.
         chunk = min(t.chunk_steps, self.policy.every) if self.policy.dynamic and cfg.apply == "sample" else t.chunk_steps
         self.stage_ids = np.array([self.names.index(n) for n in names])
+        self.task_step = None
+        scfg = self.recipe.stage_surgery(stage)
+        if scfg.method != "none" or t.grad_similarity_every:
+            from .task_step import TaskStep
+
+            if scfg.method == "none" and scfg.tasks == "groups" and not scfg.groups and len(
+                    {g for g in self.corpus.manifest.groups() if set(self.corpus.manifest.groups()[g]) & set(names)}) < 2:
+                scfg = replace(scfg, tasks="directions")  # diagnostics only: directions when there are no groups
+            self.task_step = TaskStep(self, scfg, names)
         self.probe = None
         if self.policy.needs_gradients:
             from .alignment import GradientProbe
@@ -142,7 +151,19 @@ class Trainer:
         dev = self.dist.device
         scales = self.token_scales(sb).to(dev)
         step_acc = torch.zeros_like(self._acc)
+        every = self.recipe.train.grad_similarity_every
+        diagnose = bool(every) and (self.counters.step + 1) % every == 0
+        if self.task_step is not None and (self.task_step.cfg.method != "none" or diagnose):
+            stats, info = self.task_step.run(sb, scales, step_acc)
+            if not bool(torch.isfinite(stats[0])):
+                self.engine.skip_next_step()
+            self.engine.set_boundary(True)
+            self.engine.step()
+            if diagnose and self.dist.is_main:
+                self.run.append(self.run.metrics, {"step": self.counters.step + 1, "grad_cosine": info})
+            return self._after_step(sb, step_acc, stats)
         for i, mb in enumerate(sb.micro):
+            self.engine.set_boundary(i == len(sb.micro) - 1)
             tgt_out = mb.tgt_out.to(dev)
             loss_tok, nll_tok = self.engine(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
             if i == 0 and self.dist.is_main and faults.armed("nan_loss", self.counters.step + 1):
@@ -161,6 +182,9 @@ class Trainer:
                     self.engine.skip_next_step()
             self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
             self.engine.step()
+        return self._after_step(sb, step_acc, stats)
+
+    def _after_step(self, sb: StepBatches, step_acc: torch.Tensor, stats: torch.Tensor) -> bool:
         applied = self.engine.last_step_applied()
         self.counters.step += 1
         self.counters.stage_step += 1

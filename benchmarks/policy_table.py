@@ -1,0 +1,89 @@
+"""Every balancing policy on the same model, data and step budget: final test BLEU per direction
+and the trajectory of each policy's distribution.
+
+    python benchmarks/policy_table.py --steps 400 --out benchmarks/work/policies
+    python benchmarks/policy_table.py --recipe stages/demo.yaml --set data.corpus=... --steps 2000
+
+Each policy runs as one single-stage `mmtc run` of the recipe (its stages replaced), then the
+table is printed and written to benchmarks/results/policy_table.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLICIES: dict[str, dict] = {
+    "temperature_t1": {"kind": "temperature", "params": {"temperature": 1.0}},
+    "temperature_t5": {"kind": "temperature", "params": {"temperature": 5.0}},
+    "schedule_5to1": {"kind": "temperature_schedule", "params": {"start": 5.0, "end": 1.0, "schedule": "step"},
+                      "every": 10},
+    "cvar_dro": {"kind": "cvar_dro", "params": {"alpha": 0.5}, "every": 10},
+    "group_dro": {"kind": "group_dro", "params": {"eta": 0.01}, "every": 10},
+    "chi2_dro": {"kind": "chi2_dro", "params": {"rho": 0.05}, "every": 50},
+    "exp3": {"kind": "exp3", "params": {"gamma": 0.1}, "every": 10},
+    "multidds": {"kind": "multidds", "params": {"lr": 0.05, "probe_tokens": 1000}, "every": 50},
+    "cats": {"kind": "cats", "params": {"probe_tokens": 1000}, "every": 50},
+    "chi2_dro_loss_weight": {"kind": "chi2_dro", "params": {"rho": 0.05}, "every": 50, "apply": "loss_weight"},
+}
+
+
+def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> dict:
+    run_dir = out / name
+    sets = [*args.set, "stages=[]", f"sampling={json.dumps(sampling)}", f"train.max_steps={args.steps}",
+            f"train.eval_every={max(50, args.steps // 8)}", "train.log_every=25"]
+    cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "p" in r]
+    marks = sorted({train[0]["step"], train[len(train) // 2]["step"], train[-1]["step"]})
+    trajectory = {str(r["step"]): r.get("loss_weights", r["p"]) for r in train if r["step"] in marks}
+    tag = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    test = json.loads((run_dir / "eval" / tag / "test.json").read_text())
+    return {"policy": name, "sampling": sampling, "seconds": round(time.time() - t0, 1),
+            "bleu": {k: v["bleu"] for k, v in test["directions"].items()},
+            "chrf": {k: v["chrf"] for k, v in test["directions"].items()},
+            "averages": test["averages"], "trajectory": trajectory}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="stages/demo.yaml")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--out", default="benchmarks/work/policies")
+    ap.add_argument("--only", default="", help="comma-separated policy names")
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [p for p in POLICIES if not args.only or p in args.only.split(",")]
+    results = []
+    for name in chosen:
+        print(f"running {name} ...", flush=True)
+        results.append(run_one(name, POLICIES[name], args, out))
+    dirs = list(results[0]["bleu"])
+    print(f"\ntest BLEU after {args.steps} steps ({args.recipe})")
+    print(f"{'policy':<22}" + "".join(f"{d[4:]:>6}" for d in dirs) + f"{'hrl':>7}{'lrl':>7}{'all':>7}")
+    for r in results:
+        a = r["averages"]
+        print(f"{r['policy']:<22}" + "".join(f"{r['bleu'][d]:>6.1f}" for d in dirs)
+              + "".join(f"{a.get(g, {}).get('bleu', float('nan')):>7.1f}" for g in ("hrl", "lrl", "all")))
+    print("\ndistribution trajectory (p at the first, middle and last log step)")
+    for r in results:
+        for step, p in r["trajectory"].items():
+            print(f"{r['policy']:<22}{step:>6}  " + " ".join(f"{d[4:]}={p.get(d, 0):.3f}" for d in dirs))
+    dest = Path("benchmarks/results/policy_table.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "results": results}, indent=1))
+    print(f"\nwritten {dest}")
+
+
+if __name__ == "__main__":
+    main()
