@@ -2,7 +2,8 @@
 
 kinds: `kill` (SIGKILL after the step), `kill_in_save` (SIGKILL after DeepSpeed wrote the tag but
 before it is committed), `nan_loss` (the loss of rank 0's first micro-batch becomes NaN),
-`save_error` (the save raises OSError, as a full disk would). Unset in normal runs: no effect.
+`save_error` (the save raises OSError, as a full disk would), `sigusr1` (the last rank alone sends
+itself SIGUSR1 during the step, as a preemption warning would). Unset in normal runs: no effect.
 """
 
 from __future__ import annotations
@@ -29,3 +30,8 @@ def armed(kind: str, step: int) -> bool:
 def kill_if(kind: str, step: int) -> None:
     if armed(kind, step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def signal_if(step: int, rank: int, world: int) -> None:
+    if armed("sigusr1", step) and rank == world - 1:
+        os.kill(os.getpid(), signal.SIGUSR1)

@@ -145,7 +145,7 @@ class TaskStep:
                 self.blocks = self._blocks(cfg.granularity if cfg.method == "gradvac" else "model")
             if k < len(self.tasks) - 1:
                 t.engine.clear_grads()
-        stats = all_reduce_sum(torch.cat([step_acc[0].sum().reshape(1), step_acc[1], step_acc[2]]))
+        stats = t.reduce_stats(step_acc)
         vectors = torch.stack(shards + ([self.target] if cfg.method == "target_projection" else []))
         grams = self._gram(vectors)
         combined = self._combine(vectors, grams, step)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import faults
+from . import faults, preemption
 from .config import RecipeConfig, SamplingConfig
 from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
@@ -69,6 +69,7 @@ class Trainer:
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
         self._acc_eval = torch.zeros(3, len(self.names), dtype=torch.float64)
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
+        self.stop_requested = False
         from .checkpointing import Checkpointer
 
         self.ckpt = Checkpointer(self)
@@ -151,6 +152,7 @@ class Trainer:
         dev = self.dist.device
         scales = self.token_scales(sb).to(dev)
         step_acc = torch.zeros_like(self._acc)
+        faults.signal_if(self.counters.step + 1, self.dist.rank, self.dist.world)
         every = self.recipe.train.grad_similarity_every
         diagnose = bool(every) and (self.counters.step + 1) % every == 0
         if self.task_step is not None and (self.task_step.cfg.method != "none" or diagnose):
@@ -176,13 +178,20 @@ class Trainer:
                 step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
             if i == len(sb.micro) - 1:
                 # One all-reduce per step: every rank learns whether any loss was non-finite
-                # (then all skip the update) and the step's per-direction losses (for policies).
-                stats = all_reduce_sum(torch.cat([step_acc[0].sum().reshape(1), step_acc[1], step_acc[2]]))
+                # (then all skip the update), the step's per-direction losses (for policies) and
+                # whether any rank was asked to stop (preemption).
+                stats = self.reduce_stats(step_acc)
                 if not bool(torch.isfinite(stats[0])):
                     self.engine.skip_next_step()
             self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
             self.engine.step()
         return self._after_step(sb, step_acc, stats)
+
+    def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
+        stop = torch.tensor([1.0 if preemption.requested() else 0.0], dtype=step_acc.dtype)
+        stats = all_reduce_sum(torch.cat([step_acc[0].sum().reshape(1), step_acc[1], step_acc[2], stop]))
+        self.stop_requested = bool(stats[-1] > 0)
+        return stats[:-1]
 
     def _after_step(self, sb: StepBatches, step_acc: torch.Tensor, stats: torch.Tensor) -> bool:
         applied = self.engine.last_step_applied()
@@ -311,9 +320,21 @@ class Trainer:
                 if ending is None and t.save_every and self.counters.step % t.save_every == 0:
                     self.ckpt.save(final=False)
                 faults.kill_if("kill", self.counters.step)
+                if self.stop_requested and ending is None:
+                    self.preempt()
             if self.counters.step % t.log_every:
                 self.log()
             self.end_stage(index, ending)
+
+    def preempt(self) -> None:
+        """Every rank reached this step knowing some rank was signalled: save, then stop."""
+        committed = self.ckpt.save(final=False)
+        self.event("preempted", signal=preemption.signal_name() or "on another rank",
+                   checkpoint=None if committed is None else committed.tag)
+        if self.dist.is_main:
+            print(f"preempted: saved at step {self.counters.step}; exiting with code {preemption.EXIT_PREEMPTED}",
+                  flush=True)
+        raise preemption.Preempted(f"stopped at step {self.counters.step}")
 
     def end_stage(self, index: int, ending: Ending) -> None:
         assert self.progress is not None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
+from . import preemption
 from .config import RecipeConfig
 from .data.prepare import PreparedCorpus, prepare_corpus
 from .engine import barrier, setup_distributed
@@ -33,15 +35,22 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         corpus = load_corpus(recipe, run, print if dist.is_main else quiet)
         if dist.is_main:
             barrier()
+    preemption.install()
     trainer = Trainer(recipe, run, dist, corpus)
     if resume:
         trainer.ckpt.restore(allow)
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    if os.environ.get("SLURM_JOB_ID"):
+        trainer.event("job", slurm_job_id=os.environ["SLURM_JOB_ID"], slurm_restart_count=int(restarts or 0),
+                      resume=resume)
     try:
         trainer.fit()
     except TrainingStopped as exc:
         if dist.is_main:
             print(f"mmtc: {exc}", file=sys.stderr, flush=True)
         return 3
+    except preemption.Preempted:
+        return preemption.EXIT_PREEMPTED
     if dist.is_main:
         from .evaluation_run import evaluate_run
 

@@ -184,3 +184,23 @@ def test_two_process_zero2_kill_and_resume(tmp_path, mmtc_env):
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert metric_rows(run, 5) == metric_rows(ref, 5)
+
+
+def test_signal_on_one_rank_stops_all_ranks_at_the_same_step_and_resume_finishes(tmp_path, mmtc_env):
+    """SIGUSR1 reaches the last rank only (a real signal, sent during step 5): both ranks stop after
+    that step with a committed checkpoint and exit code 85; resuming gives the uninterrupted result."""
+    root = tmp_path
+    recipe = two_stage_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
+    ref, run = root / "ref", root / "sig"
+    mmtc(["run", str(recipe), "--run-dir", str(ref), "--nproc", "2"], mmtc_env, root)
+    proc = mmtc(["run", str(recipe), "--run-dir", str(run), "--nproc", "2"], mmtc_env, root, fault="sigusr1@5",
+                check=False)
+    assert proc.returncode == 85, proc.stdout + proc.stderr
+    assert "preempted: saved at step 5" in proc.stdout
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    pre = [e for e in ev if e["event"] == "preempted"]
+    assert len(pre) == 1 and pre[0]["step"] == 5 and pre[0]["checkpoint"] == "step00000005-hrl"
+    assert (run / "checkpoints" / "step00000005-hrl" / "COMMIT.json").is_file()
+    mmtc(["resume", str(run), "--nproc", "2"], mmtc_env, root)
+    a, b = zero_tensors(final_tag(ref)), zero_tensors(final_tag(run))
+    assert all(torch.equal(a[n], b[n]) for n in a)
