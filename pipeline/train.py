@@ -296,7 +296,9 @@ class Trainer:
         return ending
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self) -> None:
+    def fit(self, until_stage: str | None = None) -> bool:
+        """Train to the end of the run, or only to the end of stage `until_stage` (one Slurm job
+        per stage). True when the whole run is finished."""
         t = self.recipe.train
         self.meter.start(self.counters.step)
         while not self.counters.finished:
@@ -325,6 +327,9 @@ class Trainer:
             if self.counters.step % t.log_every:
                 self.log()
             self.end_stage(index, ending)
+            if until_stage is not None and self.stages[index].name == until_stage:
+                break
+        return self.counters.finished
 
     def preempt(self) -> None:
         """Every rank reached this step knowing some rank was signalled: save, then stop."""

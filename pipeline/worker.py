@@ -22,8 +22,9 @@ def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -
 
 
 def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None,
-               allow: frozenset[str] = frozenset()) -> int:
-    """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory."""
+               allow: frozenset[str] = frozenset(), until_stage: str | None = None) -> int:
+    """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory;
+    `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
     run = RunDir(run_dir)
     recipe = run.load_config()
     dist = setup_distributed(recipe.train.threads)
@@ -43,15 +44,17 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
     if os.environ.get("SLURM_JOB_ID"):
         trainer.event("job", slurm_job_id=os.environ["SLURM_JOB_ID"], slurm_restart_count=int(restarts or 0),
                       resume=resume)
+    if until_stage is not None and until_stage not in [st.name for st in trainer.stages]:
+        raise ValueError(f"--until-stage {until_stage}: no such stage ({[st.name for st in trainer.stages]})")
     try:
-        trainer.fit()
+        finished = trainer.fit(until_stage)
     except TrainingStopped as exc:
         if dist.is_main:
             print(f"mmtc: {exc}", file=sys.stderr, flush=True)
         return 3
     except preemption.Preempted:
         return preemption.EXIT_PREEMPTED
-    if dist.is_main:
+    if dist.is_main and finished:
         from .evaluation_run import evaluate_run
 
         groups = {d.name: d.group for d in corpus.manifest.directions}
@@ -69,9 +72,10 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--allow-change", default="", help="comma-separated: world, corpus, recipe")
+    ap.add_argument("--until-stage", help="stop after this stage")
     args = ap.parse_args()
     allow = frozenset(x for x in args.allow_change.split(",") if x)
-    sys.exit(train_main(args.run_dir, args.resume, allow=allow))
+    sys.exit(train_main(args.run_dir, args.resume, allow=allow, until_stage=args.until_stage))
 
 
 if __name__ == "__main__":
