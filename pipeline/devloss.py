@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.batches import Batch, collate
+from .data.batches import Batch, collate, pack
 from .data.prepare import PreparedCorpus
 from .engine import Dist, Engine, all_reduce_sum
 
@@ -26,14 +26,8 @@ class DevLoss:
             split = corpus.splits["dev"][name]
             tag = corpus.tokenizer.tag_id(specs[name].tgt)
             sizes = np.maximum(split.src_lens + 2, split.tgt_lens + 1)
-            order = np.argsort(sizes, kind="stable")
-            start = 0
-            while start < len(order):
-                end = start + 1
-                while end < len(order) and (end - start + 1) * sizes[order[end]] <= max_tokens:
-                    end += 1
-                self.batches.append(collate([(0, int(j)) for j in order[start:end]], [split], [tag], [i]))
-                start = end
+            for rows in pack(sizes, np.argsort(sizes, kind="stable"), max(max_tokens, int(sizes.max()))):
+                self.batches.append(collate([(0, int(j)) for j in rows], [split], [tag], [i]))
 
     @torch.no_grad()
     def losses(self, engine: Engine) -> dict[str, float]:

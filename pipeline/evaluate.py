@@ -14,7 +14,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from .config import EvalConfig
-from .data.batches import collate
+from .data.batches import collate, pack
 from .data.store import TokenSplit
 from .decode import beam_search, greedy_search, max_lengths
 from .tokenizer import Tokenizer
@@ -36,15 +36,7 @@ def score(hyps: Sequence[str], refs: Sequence[str]) -> Scores:
 
 
 def _length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    order = np.argsort(lengths, kind="stable")
-    out, start = [], 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end - start + 1) * lengths[order[end]] <= budget:
-            end += 1
-        out.append(order[start:end])
-        start = end
-    return out
+    return pack(lengths, np.argsort(lengths, kind="stable"), budget)
 
 
 def translate_ids(
