@@ -114,7 +114,15 @@ class Checkpointer:
                 self._truncate_logs(0)
             return None
         self._check_compatible(found, allow)
-        cs = t.engine.load(t.run.checkpoints, found.tag)
+        resharded = found.meta.get("world") != t.dist.world and int(found.meta.get("zero_stage", 0)) >= 1
+        if resharded:
+            cs = t.engine.load_weights_only(found.path, int(found.meta["zero_stage"]))
+            if t.dist.is_main:
+                print(f"resume: {found.meta.get('world')} -> {t.dist.world} processes under ZeRO-"
+                      f"{found.meta['zero_stage']}: weights and schedule carry over, Adam's moments restart "
+                      "(ZeRO shards cannot be re-split); the data order follows the new world size", flush=True)
+        else:
+            cs = t.engine.load(t.run.checkpoints, found.tag)
         t.counters = Counters(**cs["counters"])
         rank_state: dict[str, Any] = {}
         rng = found.path / f"rank_state{t.dist.rank}.pt"
@@ -135,7 +143,7 @@ class Checkpointer:
         if t.dist.is_main:
             self._truncate_logs(t.counters.step)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
-        t.event("resume", tag=found.tag)
+        t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world")} if resharded else {}))
         return found
 
     def _check_compatible(self, found: ckpt.Committed, allow: set[str] | frozenset[str]) -> None:

@@ -19,7 +19,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from deepspeed.utils import safe_get_local_grad, safe_set_local_grad  # noqa: E402
+from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from .config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
@@ -281,6 +281,23 @@ class Engine:
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
         return client_state or {}
+
+    def load_weights_only(self, tag_dir: Path, zero_stage: int) -> dict[str, Any]:
+        """Resume on another world size: ZeRO's optimizer shards cannot be re-split, so take the
+        float32 weights (consolidated from whatever wrote them) and the LR schedule, keep the
+        optimizer's fresh state, and return the checkpoint's client state."""
+        weights = consolidated_state(tag_dir, zero_stage)
+        for name, p in self.module.named_parameters():
+            value = weights[name].to(self.dist.device)
+            if self.zero_stage == 0 and not hasattr(p, "_hp_mapping"):
+                with torch.no_grad():
+                    p.copy_(value.to(p.dtype))
+            else:  # the optimizer's fp32 master copy and the module's working copy
+                safe_set_full_fp32_param(p, value)
+        saved = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        if saved.get("lr_scheduler") is not None:
+            self.schedule.load_state_dict(saved["lr_scheduler"])
+        return saved
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every parameter in float32 on rank 0 (None elsewhere); a collective under ZeRO-3."""

@@ -204,3 +204,17 @@ def test_signal_on_one_rank_stops_all_ranks_at_the_same_step_and_resume_finishes
     mmtc(["resume", str(run), "--nproc", "2"], mmtc_env, root)
     a, b = zero_tensors(final_tag(ref)), zero_tensors(final_tag(run))
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_world_size_change_is_refused_then_resharded_on_request(tmp_path, mmtc_env):
+    root = tmp_path
+    recipe = two_stage_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
+    run = root / "ws"
+    mmtc(["run", str(recipe), "--run-dir", str(run), "--nproc", "2"], mmtc_env, root, fault="kill@9", check=False)
+    refused = mmtc(["resume", str(run)], mmtc_env, root, check=False)
+    assert refused.returncode == 2 and "written by 2 processes, this run has 1" in refused.stderr
+    out = mmtc(["resume", str(run), "--allow-change", "world"], mmtc_env, root).stdout
+    assert "2 -> 1 processes under ZeRO-2" in out
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "resume" and e.get("resharded_from") == 2 for e in ev)
+    assert final_tag(run).name.endswith("-mix-final")
