@@ -141,7 +141,7 @@ class Checkpointer:
             if cs.get("surgery") is not None and t.task_step is not None:
                 t.task_step.load_state_dict(cs["surgery"], rank_state.get("target"))
         if t.dist.is_main:
-            self._truncate_logs(t.counters.step)
+            self._truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
         t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world")} if resharded else {}))
         return found
@@ -164,14 +164,20 @@ class Checkpointer:
                 + "\nPass --allow-change " + ",".join(sorted({p.split(':')[0].split()[0] for p in problems}))
                 + " to resume anyway.")
 
-    def _truncate_logs(self, step: int) -> None:
-        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again."""
+    def _truncate_logs(self, step: int, tag: str | None = None) -> None:
+        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again.
+        Events are cut right after the checkpoint's own event: what followed at the same step (the
+        next stage's start, say) is logged again by the resumed run."""
         import json
 
         run = self.t.run
         for path in (run.metrics, run.events):
             rows = run.read_jsonl(path)
             kept = [r for r in rows if r.get("step", 0) <= step] if step else []
+            if path == run.events and tag is not None:
+                marks = [i for i, r in enumerate(kept) if r.get("event") == "checkpoint" and r.get("tag") == tag]
+                if marks:
+                    kept = kept[: marks[-1] + 1]
             if len(kept) != len(rows):
                 ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 

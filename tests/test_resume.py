@@ -75,6 +75,10 @@ def test_kill_and_resume_equals_uninterrupted(setup, mmtc_env, where):
     ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     switch = next(e for e in ev if e["event"] == "stage_end" and e["stage"] == "hrl")
     assert switch["step"] == t, "the monitor-triggered transition happened at another step"
+    ref_ev = [json.loads(x) for x in (ref / "events.jsonl").read_text().splitlines()]
+    # the same story, told once: no event repeated by the resume (checkpoints may differ in number)
+    story = [(e["step"], e["event"], e.get("stage")) for e in ev if e["event"] in ("stage_start", "stage_end")]
+    assert story == [(e["step"], e["event"], e.get("stage")) for e in ref_ev if e["event"] in ("stage_start", "stage_end")]
 
 
 def test_kill_during_save_falls_back_to_the_previous_checkpoint(setup, mmtc_env):

@@ -1,0 +1,267 @@
+"""Renderings of the reports: a stage's Markdown, and the run's self-contained index.html (figures
+embedded as data URIs, also saved under reports/plots/), plus the HTML helpers compare.py uses."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import plots
+
+if TYPE_CHECKING:
+    from .report import RunData
+
+Cell = str | tuple[str, str]  # text, or (text, css class)
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.up{color:#067d17}.down{color:#b3261e}
+.front{font-weight:bold;background:#fff4e0}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}
+img{max-width:100%;border:1px solid #eee}.warn{color:#b3261e;font-weight:bold}code{font-size:12px}"""
+
+# Marks every image as loaded or not once the page has loaded: a reader sees a warning instead of
+# a silently missing figure, and the browser test reads the marks from the DOM.
+IMAGE_CHECK = """<script>window.addEventListener("load",function(){var bad=0,imgs=document.querySelectorAll("img");
+imgs.forEach(function(im){var ok=im.complete&&im.naturalWidth>0;im.setAttribute("data-loaded",ok?"1":"0");if(!ok)bad++;});
+document.body.setAttribute("data-images",String(imgs.length));document.body.setAttribute("data-broken",String(bad));
+if(bad){var p=document.createElement("p");p.className="warn";p.textContent=bad+" figure(s) failed to load";
+document.body.insertBefore(p,document.body.firstChild);}});</script>"""
+
+
+def esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    def cell(c: Cell, tag: str = "td") -> str:
+        text, cls = (c, "") if isinstance(c, str) else c
+        return f"<{tag}{f' class={cls!r}' if cls else ''}>{esc(text)}</{tag}>"
+
+    head = "".join(cell(h, "th") for h in header)
+    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style>{IMAGE_CHECK}</head><body>{body}</body></html>\n")
+
+
+def figure(png: bytes, alt: str, file: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f"<figure><img src='{uri}' alt='{esc(alt)}'><figcaption><code>{esc(file)}</code></figcaption></figure>"
+
+
+def num(x: float | None, nd: int = 1) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def delta(d: dict[str, float] | None, key: str, nd: int = 1, lower_is_better: bool = False) -> Cell:
+    if not d or d.get(key) is None:
+        return "–"
+    v = d[key]
+    good = v < 0 if lower_is_better else v > 0
+    return (f"{v:+.{nd}f}", "" if v == 0 else ("up" if good else "down"))
+
+
+def stage_markdown(rep: dict[str, Any]) -> str:
+    st, tr = rep["stage"], rep["training"]
+    end = st["end"] or {}
+    why = (end.get("reason") or "?") + (f" ({end['monitor']})" if end.get("monitor") else "")
+    lines = [f"# Stage {st['index']} `{st['name']}` of run `{rep['run']['name']}`", "",
+             f"- checkpoint `{st['checkpoint']}`, steps {st['start_step']}–{st['end_step']}; ended by {why}",
+             f"- trained on: {', '.join(st['directions'])}",
+             f"- {tr['steps']} steps, {tr['tokens']} target tokens, {num(tr['wall_s'])} s, "
+             f"{num(tr['tokens_per_s'], 0)} tokens/s, {tr['skipped_steps']} skipped steps",
+             f"- compared with: {'stage ' + str(rep['previous_stage']['index']) + ' ' + rep['previous_stage']['name'] if rep['previous_stage'] else 'nothing (first stage)'}"]
+    for split, sp in rep["splits"].items():
+        lines += ["", f"## {split}", "", "| direction | group | BLEU | Δ | chrF | Δ | loss | Δ | copy BLEU | copy chrF |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, e in sp["directions"].items():
+            d, cs = e["delta"] or {}, e["copy_source"] or {}
+            lines.append(f"| {name} | {e['group'] or ''} | {e['bleu']:.2f} | {_md_d(d, 'bleu')} | {e['chrf']:.2f} | "
+                         f"{_md_d(d, 'chrf')} | {e['loss']:.3f} | {_md_d(d, 'loss', 3)} | {num(cs.get('bleu'), 2)} | "
+                         f"{num(cs.get('chrf'), 2)} |")
+        for k, a in sp["averages"].items():
+            d = a["delta"] or {}
+            lines.append(f"| **avg {k}** ({a['directions']}) | | {a['bleu']:.2f} | {_md_d(d, 'bleu')} | "
+                         f"{a['chrf']:.2f} | {_md_d(d, 'chrf')} | | | | |")
+        lines += ["", f"BLEU: `{sp['signatures']['bleu']}`  ", f"chrF: `{sp['signatures']['chrf']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_d(d: dict[str, float], key: str, nd: int = 2) -> str:
+    return f"{d[key]:+.{nd}f}" if key in d else "–"
+
+
+def environment() -> dict[str, str]:
+    """Where the report is generated (versions are read from package metadata: importing
+    DeepSpeed only to print its version would cost seconds)."""
+    from .report import version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+           "cpu cores": str(os.cpu_count())}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    except ImportError:
+        pass
+    for p in ("mmt-curriculum", "torch", "deepspeed", "sacrebleu", "sentencepiece", "numpy", "matplotlib"):
+        env[p] = version(p) or "not installed"
+    return env
+
+
+def _markers(data: RunData) -> list[tuple[int, str, str]]:
+    """Stage ends by a monitor, monitors firing before the stage could end, and notable events."""
+    out: list[tuple[int, str, str]] = []
+    for e in data.events:
+        if e.get("event") == "stage_end" and e.get("reason") == "monitor":
+            out.append((e["step"], f"{e.get('monitor')} ends {e['stage']}", "monitor"))
+        elif e.get("event") in ("resume", "preempted", "skipped_step", "save_failed"):
+            out.append((e["step"], e["event"], e["event"]))
+    fired: set[tuple[str, str]] = set()
+    for r in data.dev_rows:
+        for mon, state in (r.get("monitors") or {}).items():
+            if isinstance(state, dict) and state.get("fired") and (r.get("stage"), mon) not in fired:
+                fired.add((r.get("stage"), mon))
+                if not any(m[0] == r["step"] and m[2] == "monitor" for m in out):
+                    out.append((r["step"], f"{mon} fired", "monitor"))
+    return sorted(out)
+
+
+def _tau(data: RunData) -> list[tuple[int, float]]:
+    """τ at each log step: logged by a schedule policy, else the stage's static temperature
+    (proportional sampling is τ = 1); none for other policies."""
+    static = {}
+    for st in data.recipe.resolved_stages():
+        cfg = data.recipe.stage_sampling(st)
+        static[st.name] = (float(cfg.params.get("temperature", 5.0)) if cfg.kind == "temperature"
+                           else 1.0 if cfg.kind == "proportional" else None)
+    out = []
+    for r in data.train_rows:
+        t = (r.get("policy") or {}).get("tau", static.get(r.get("stage", "")))
+        if t is not None:
+            out.append((r["step"], float(t)))
+    return out
+
+
+def _score_table(reports: Sequence[dict[str, Any]], split: str) -> str:
+    reps = [r for r in reports if split in r["splits"]]
+    header = ["direction", "group"]
+    for r in reps:
+        s = f"{r['stage']['index']}:{r['stage']['name']}"
+        header += [f"{s} BLEU", "Δ", f"{s} chrF", "Δ"] + ([f"{s} loss", "Δ"] if split == "dev" else [])
+    names = list(dict.fromkeys(n for r in reps for n in r["splits"][split]["directions"]))
+    avgs = list(dict.fromkeys(k for r in reps for k in r["splits"][split]["averages"]))
+    rows: list[list[Cell]] = []
+    for key in names + [f"avg {k}" for k in avgs]:
+        row: list[Cell] = [key, ""]
+        for r in reps:
+            sp = r["splits"][split]
+            e = sp["averages"].get(key[4:]) if key.startswith("avg ") else sp["directions"].get(key)
+            if e is None:
+                row += ["–"] * (6 if split == "dev" else 4)
+                continue
+            row[1] = e.get("group") or ("" if key.startswith("avg ") else "–")
+            row += [num(e["bleu"], 2), delta(e["delta"], "bleu", 2), num(e["chrf"], 2), delta(e["delta"], "chrf", 2)]
+            if split == "dev":
+                row += ([num(e["loss"], 3), delta(e["delta"], "loss", 3, lower_is_better=True)]
+                        if "loss" in e else ["", ""])
+        rows.append(row)
+    sig = reps[-1]["splits"][split]["signatures"]
+    return table(header, rows) + f"<p>BLEU <code>{esc(sig['bleu'])}</code><br>chrF <code>{esc(sig['chrf'])}</code></p>"
+
+
+def _data_table(summary: dict[str, Any]) -> str:
+    rows: list[list[Cell]] = []
+    for name, d in summary.get("directions", {}).items():
+        row: list[Cell] = [name, d.get("group") or ""]
+        for split in ("train", "dev", "test"):
+            s = d.get(split) or {}
+            drops = ", ".join(f"{k} {v}" for k, v in (s.get("dropped") or {}).items())
+            row += [str(s.get("pairs", "–")), drops or ("none" if s else "–")]
+        rows.append(row)
+    return table(["direction", "group", "train pairs", "train dropped", "dev pairs", "dev dropped", "test pairs",
+                  "test dropped"], rows)
+
+
+def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
+    from .report import stage_stem
+
+    out = data.run.path / "reports"
+    pdir = out / "plots"
+    made: dict[str, str] = {}
+
+    def fig(name: str, f: Any, alt: str) -> str:
+        if f is None:
+            return ""
+        made[name] = figure(plots.save_png(f, pdir / f"{name}.png"), alt, f"plots/{name}.png")
+        return made[name]
+
+    bounds, groups = data.boundaries(), data.groups
+    if data.dev_rows:
+        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, _markers(data), "dev loss per direction")
+    else:
+        rows = [{"step": r["step"], "nll": {n: v["nll"] for n, v in r["directions"].items()}} for r in data.train_rows]
+        curves = plots.loss_curves(rows, "nll", groups, bounds, _markers(data),
+                                   "training NLL per direction (no dev losses: train.eval_every is 0)")
+    body = [f"<h1>Run <code>{esc(data.recipe.name)}</code></h1><p><code>{esc(data.run.path.resolve())}</code>"
+            f" · recipe {esc(data.meta.get('recipe'))} · created {esc(data.meta.get('created'))}</p>", "<h2>Stages</h2>"]
+    srows: list[list[Cell]] = []
+    have = {r["stage"]["index"] for r in reports}
+    for st in data.stages:
+        end = st.end or {}
+        why = (end.get("reason") or ("running" if st.tag is None and st.end_step is None else "?")) + (
+            f" ({end['monitor']})" if end.get("monitor") else "")
+        srows.append([f"{st.index}: {st.name}", f"{st.start_step}–{st.end_step if st.end_step is not None else '…'}",
+                      ", ".join(st.directions), why, ", ".join(f"{k}={v}" for k, v in (end.get("values") or {}).items()
+                                                             if not isinstance(v, (dict, list))),
+                      st.tag or "–", f"{stage_stem(st.index, st.name)}.json / .md" if st.index in have else "–"])
+    body.append(table(["stage", "steps", "directions", "ended by", "values", "checkpoint", "report"], srows))
+    for split in ("test", "dev"):
+        if any(split in r["splits"] for r in reports):
+            body += [f"<h2>BLEU and chrF on {split}, per stage (Δ: against the previous stage)</h2>",
+                     _score_table(reports, split), fig(f"scores-{split}", plots.scores_by_stage(reports, split),
+                                                      f"{split} scores per stage")]
+    body += ["<h2>Dev loss</h2>", fig("dev-loss", curves, "loss curves per direction")]
+    body += ["<h2>Sampling distribution</h2>",
+             fig("sampling", plots.sampling(data.train_rows, groups, bounds, _tau(data)), "sampling distribution")
+             or "<p>no training rows logged yet</p>"]
+    if data.sim_rows:
+        body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", plots.grad_similarity(data.sim_rows),
+                                                      "gradient cosine heatmap")]
+    trows = [[f"{r['stage']['index']}: {r['stage']['name']}", str(r["training"]["steps"]), str(r["training"]["tokens"]),
+              num(r["training"]["wall_s"]), num(r["training"]["tokens_per_s"], 0),
+              ", ".join(f"{s} {num(v.get('eval_seconds'))} s" for s, v in r["splits"].items())] for r in reports]
+    body += ["<h2>Throughput, wall time, hardware</h2>",
+             table(["stage", "steps", "target tokens", "train wall s", "tokens/s", "evaluation"], trows),
+             fig("throughput", plots.throughput(data.train_rows, bounds), "tokens per second")]
+    final = data.finals.get(max(data.finals)) if data.finals else {}
+    trained = {"python": data.meta.get("python"), "platform": data.meta.get("platform"),
+               "processes": final.get("world"), "ZeRO stage": final.get("zero_stage"),
+               "precision": data.recipe.train.precision, "deepspeed config": data.recipe.deepspeed.config,
+               **{k: v for k, v in data.meta.items() if k in ("versions", "hardware")}}
+    body += ["<h3>Training</h3>", table(["", ""], [[k, str(v)] for k, v in trained.items()]),
+             "<h3>This report was generated with</h3>", table(["", ""], [[k, v] for k, v in environment().items()])]
+    body += ["<h2>Data</h2>", f"<p>manifest <code>{esc(data.summary.get('manifest'))}</code></p>",
+             _data_table(data.summary), "<h2>Resolved recipe</h2>",
+             f"<pre>{esc(data.run.config.read_text())}</pre>"]
+    for stale in pdir.glob("*.png") if pdir.is_dir() else []:
+        if stale.stem not in made:
+            stale.unlink()  # a figure of an earlier version of this report that has no data now
+    path = out / "index.html"
+    path.write_text(page(f"mmtc report: {data.recipe.name}", "\n".join(b for b in body if b)), encoding="utf-8")
+    return path

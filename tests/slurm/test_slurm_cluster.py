@@ -1,0 +1,196 @@
+"""On a real one-node Slurm cluster (slurm/local-cluster.sh, started and stopped here): a 2-task job
+is warned with USR1 mid-stage, saves, requeues itself, resumes and finishes with exactly the
+parameters and metrics of an uninterrupted 2-process run; then the same with one job per stage."""
+
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume import final_tag, metric_rows, zero_tensors
+
+from corpus_factory import two_stage_recipe, write_corpus
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CANT_INSTALL = 3  # local-cluster.sh: Slurm is missing and installing it needs root
+# A longer mix stage, so that a warning sent after step k still finds the job training.
+SETS = ["--set", "stages.1.until.max_steps=30"]
+JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "--time", "15:00"]
+
+
+def free_port_pair() -> int:
+    for _ in range(50):
+        port = random.randint(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("", port))
+                b.bind(("", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for slurmctld and slurmd")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, mmtc_env):
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(mmtc_env, MMTC_SLURM_DIR=str(state), MMTC_SLURM_PORT=str(free_port_pair()),
+               # job ids (and the rendezvous ports derived from them) apart from any other cluster here
+               MMTC_SLURM_FIRST_JOB_ID=str(random.randint(1000, 14000)))
+    script = str(ROOT / "slurm" / "local-cluster.sh")
+    proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode == CANT_INSTALL:
+        reason = f"no local Slurm cluster: {proc.stderr.strip()}"
+        warnings.warn(reason, stacklevel=1)  # shown in pytest's summary even without -rs
+        pytest.skip(reason)
+    assert proc.returncode == 0, f"local-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
+    env["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
+    try:
+        yield env
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def job_info(job: str, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(what: str, check, timeout: float, poll: float = 0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def last_step(run_dir: Path) -> tuple[int, str]:
+    try:
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, json.JSONDecodeError):
+        return 0, ""  # not there yet, or a line half written
+    rows = [r for r in rows if "loss" in r]
+    return (rows[-1]["step"], rows[-1]["stage"]) if rows else (0, "")
+
+
+def wait_finished(job: str, env: dict[str, str], run_dir: Path, timeout: float = 180) -> dict[str, str]:
+    def done():
+        info = job_info(job, env)
+        return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
+    try:
+        info = wait_for(f"job {job} to finish", done, timeout, poll=1.0)
+    except AssertionError:
+        raise AssertionError(f"{job_info(job, env)}\n{job_log(run_dir)}") from None
+    assert info["JobState"] == "COMPLETED", f"{info}\n{job_log(run_dir)}"
+    return info
+
+
+def job_log(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((run_dir / "slurm").glob("*.out")))
+
+
+def submit(args: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
+    run([sys.executable, "-m", "pipeline.slurm", "submit", *args, *JOB, *SETS], env, cwd)
+    run_dir = Path(args[args.index("--run-dir") + 1])
+    return [json.loads(x) for x in (run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()]
+
+
+def warn_job(job: str, env: dict[str, str]) -> None:
+    """What Slurm does before the time limit with --signal=B:USR1@N: USR1 to the batch shell only."""
+    run(["scancel", "--signal=USR1", "--batch", job], env, Path.cwd())
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def assert_equals_uninterrupted(run_dir: Path, ref: Path) -> None:
+    a, b = zero_tensors(final_tag(ref)), zero_tensors(final_tag(run_dir))
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs from the uninterrupted run"
+    assert metric_rows(run_dir, 0) == metric_rows(ref, 0)
+    assert (run_dir / "eval" / final_tag(run_dir).name / "test.json").is_file()
+
+
+def preempted_tag(log: str) -> str:
+    """The checkpoint the warned job saved, from the trainer's own line in the job log."""
+    m = re.search(r"preempted: saved at step (\d+)", log)
+    assert m, f"the job was not preempted (did the warning arrive after the run ended?):\n{log}"
+    tags = re.findall(r"resume: from (step0*" + m.group(1) + r"-\S+)", log)
+    assert tags, log
+    return tags[-1]
+
+
+def assert_preempted_event(ev: list[dict], tag: str) -> None:
+    pre = [e for e in ev if e["event"] == "preempted"]
+    assert [(e["signal"], e["checkpoint"]) for e in pre] == [("SIGUSR1", tag)], \
+        f"events.jsonl should keep the preemption (it was saved as {tag}): {ev}"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, cluster):
+    root = tmp_path_factory.mktemp("slurm-runs")
+    recipe = two_stage_recipe(root, write_corpus(root))
+    ref = root / "ref"
+    run([sys.executable, "-m", "pipeline", "run", str(recipe), "--run-dir", str(ref), "--nproc", "2", *SETS],
+        cluster, root, timeout=600)
+    switch = next(e["step"] for e in events(ref) if e["event"] == "stage_end" and e["stage"] == "hrl")
+    return root, recipe, ref, switch
+
+
+def test_warned_job_saves_requeues_resumes_and_equals_the_uninterrupted_run(setup, cluster):
+    root, recipe, ref, switch = setup
+    run_dir = root / "requeued"
+    [job] = submit([str(recipe), "--run-dir", str(run_dir)], cluster, root)
+    wait_for("step 2 of the job", lambda: last_step(run_dir)[0] >= 2, 120)
+    warn_job(job["job_id"], cluster)
+    info = wait_finished(job["job_id"], cluster, run_dir)
+    assert info["Restarts"] == "1", info
+    ev, log = events(run_dir), job_log(run_dir)
+    assert "requeueing (restart 1 of at most 5)" in log
+    tag = preempted_tag(log)
+    assert [(e["slurm_job_id"], e["slurm_restart_count"], e["resume"]) for e in ev if e["event"] == "job"] == [
+        (job["job_id"], 0, False), (job["job_id"], 1, True)]
+    assert [e["tag"] for e in ev if e["event"] == "resume"] == [tag]
+    assert next(e["step"] for e in ev if e["event"] == "stage_end" and e["stage"] == "hrl") == switch
+    assert_equals_uninterrupted(run_dir, ref)
+    assert_preempted_event(ev, tag)
+
+
+def test_chained_stage_jobs_with_a_requeue_equal_the_uninterrupted_run(setup, cluster):
+    root, recipe, ref, switch = setup
+    run_dir = root / "chained"
+    first, second = submit([str(recipe), "--run-dir", str(run_dir), "--chain-stages"], cluster, root)
+    assert (first["stage"], second["stage"], second["dependency"]) == ("hrl", "mix", first["job_id"])
+    # warn the second stage's job two steps into its stage
+    wait_for("step 2 of stage mix", lambda: last_step(run_dir)[0] >= switch + 2, 180)
+    warn_job(second["job_id"], cluster)
+    info = wait_finished(second["job_id"], cluster, run_dir)
+    assert info["Restarts"] == "1", info
+    assert job_info(first["job_id"], cluster)["Restarts"] == "0"
+    ev, log = events(run_dir), job_log(run_dir)
+    jobs = [(e["slurm_job_id"], e["slurm_restart_count"]) for e in ev if e["event"] == "job"]
+    assert jobs == [(first["job_id"], 0), (second["job_id"], 0), (second["job_id"], 1)]
+    tag = preempted_tag(log)
+    assert "mix" in tag and "requeueing (restart 1 of at most 5)" in log
+    assert [e["tag"] for e in ev if e["event"] == "resume"] == [f"step{switch:08d}-hrl-final", tag]
+    assert_equals_uninterrupted(run_dir, ref)
+    assert_preempted_event(ev, tag)
