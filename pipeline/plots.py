@@ -64,6 +64,36 @@ def _legend(ax: Any, names: Sequence[str], groups: Mapping[str, str | None]) -> 
     ax.legend(handles=handles, fontsize=7, loc="best")
 
 
+def event_markers(events: Sequence[Mapping[str, Any]], dev_rows: Sequence[Mapping[str, Any]]
+                  ) -> list[tuple[int, str, str]]:
+    """Stage ends by a monitor, monitors firing before their stage could end (min_steps, or an
+    `all:` still waiting), and notable events, as (step, label, kind) for `loss_curves`."""
+    out: list[tuple[int, str, str]] = []
+    for e in events:
+        if e.get("event") == "stage_end" and e.get("reason") == "monitor":
+            out.append((e["step"], f"{e.get('monitor')} ends {e['stage']}", "monitor"))
+        elif e.get("event") in ("resume", "preempted", "skipped_step", "save_failed"):
+            out.append((e["step"], e["event"], e["event"]))
+    fired: set[tuple[Any, str]] = set()
+    for r in dev_rows:
+        for mon, state in (r.get("monitors") or {}).items():
+            if isinstance(state, dict) and state.get("fired") and (r.get("stage"), mon) not in fired:
+                fired.add((r.get("stage"), mon))
+                if not any(m[0] == r["step"] and m[2] == "monitor" for m in out):
+                    out.append((r["step"], f"{mon} fired", "monitor"))
+    return sorted(out)
+
+
+def tau_series(rows: Sequence[Mapping[str, Any]], static: Mapping[str, float | None]) -> list[tuple[int, float]]:
+    """τ at each log step: as logged by a schedule policy, else the stage's fixed one (if any)."""
+    out = []
+    for r in rows:
+        t = (r.get("policy") or {}).get("tau", static.get(r.get("stage", "")))
+        if t is not None:
+            out.append((r["step"], float(t)))
+    return out
+
+
 def loss_curves(rows: Sequence[Mapping[str, Any]], key: str, groups: Mapping[str, str | None],
                 stages: Sequence[tuple[str, int, int]], markers: Sequence[tuple[int, str, str]],
                 title: str) -> Figure | None:

@@ -124,37 +124,13 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _markers(data: RunData) -> list[tuple[int, str, str]]:
-    """Stage ends by a monitor, monitors firing before the stage could end, and notable events."""
-    out: list[tuple[int, str, str]] = []
-    for e in data.events:
-        if e.get("event") == "stage_end" and e.get("reason") == "monitor":
-            out.append((e["step"], f"{e.get('monitor')} ends {e['stage']}", "monitor"))
-        elif e.get("event") in ("resume", "preempted", "skipped_step", "save_failed"):
-            out.append((e["step"], e["event"], e["event"]))
-    fired: set[tuple[str, str]] = set()
-    for r in data.dev_rows:
-        for mon, state in (r.get("monitors") or {}).items():
-            if isinstance(state, dict) and state.get("fired") and (r.get("stage"), mon) not in fired:
-                fired.add((r.get("stage"), mon))
-                if not any(m[0] == r["step"] and m[2] == "monitor" for m in out):
-                    out.append((r["step"], f"{mon} fired", "monitor"))
-    return sorted(out)
-
-
-def _tau(data: RunData) -> list[tuple[int, float]]:
-    """τ at each log step: logged by a schedule policy, else the stage's static temperature
-    (proportional sampling is τ = 1); none for other policies."""
-    static = {}
+def _static_tau(data: RunData) -> dict[str, float | None]:
+    """Each stage's fixed temperature: the temperature sampler's τ; proportional sampling is τ = 1."""
+    out: dict[str, float | None] = {}
     for st in data.recipe.resolved_stages():
         cfg = data.recipe.stage_sampling(st)
-        static[st.name] = (float(cfg.params.get("temperature", 5.0)) if cfg.kind == "temperature"
-                           else 1.0 if cfg.kind == "proportional" else None)
-    out = []
-    for r in data.train_rows:
-        t = (r.get("policy") or {}).get("tau", static.get(r.get("stage", "")))
-        if t is not None:
-            out.append((r["step"], float(t)))
+        out[st.name] = (float(cfg.params.get("temperature", 5.0)) if cfg.kind == "temperature"
+                        else 1.0 if cfg.kind == "proportional" else None)
     return out
 
 
@@ -213,10 +189,10 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
 
     bounds, groups = data.boundaries(), data.groups
     if data.dev_rows:
-        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, _markers(data), "dev loss per direction")
+        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, plots.event_markers(data.events, data.dev_rows), "dev loss per direction")
     else:
         rows = [{"step": r["step"], "nll": {n: v["nll"] for n, v in r["directions"].items()}} for r in data.train_rows]
-        curves = plots.loss_curves(rows, "nll", groups, bounds, _markers(data),
+        curves = plots.loss_curves(rows, "nll", groups, bounds, plots.event_markers(data.events, data.dev_rows),
                                    "training NLL per direction (no dev losses: train.eval_every is 0)")
     body = [f"<h1>Run <code>{esc(data.recipe.name)}</code></h1><p><code>{esc(data.run.path.resolve())}</code>"
             f" · recipe {esc(data.meta.get('recipe'))} · created {esc(data.meta.get('created'))}</p>", "<h2>Stages</h2>"]
@@ -238,7 +214,7 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
                                                       f"{split} scores per stage")]
     body += ["<h2>Dev loss</h2>", fig("dev-loss", curves, "loss curves per direction")]
     body += ["<h2>Sampling distribution</h2>",
-             fig("sampling", plots.sampling(data.train_rows, groups, bounds, _tau(data)), "sampling distribution")
+             fig("sampling", plots.sampling(data.train_rows, groups, bounds, plots.tau_series(data.train_rows, _static_tau(data))), "sampling distribution")
              or "<p>no training rows logged yet</p>"]
     if data.sim_rows:
         body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", plots.grad_similarity(data.sim_rows),

@@ -39,9 +39,24 @@ install_packages() {
     apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends slurm-wlm munge >/dev/null
 }
 
-write_config() {
-    local host cpus mem
+# The node's Slurm name, which jobs see in SLURM_JOB_NODELIST and use as the rendezvous address:
+# the host name when it resolves, else localhost (slurmd is told its name with -N either way).
+node_name() {
+    local host
     host=$(hostname -s)
+    if [ -n "${MMTC_SLURM_NODENAME:-}" ]; then
+        echo "$MMTC_SLURM_NODENAME"
+    elif getent hosts "$host" >/dev/null; then
+        echo "$host"
+    else
+        echo localhost
+    fi
+}
+
+write_config() {
+    local host node cpus mem
+    host=$(hostname -s)
+    node=$(node_name)
     cpus=$(getconf _NPROCESSORS_ONLN)
     # Slurm drains a node that has less memory than configured: stay under what it has.
     mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
@@ -49,7 +64,8 @@ write_config() {
     cat >"$CONF" <<EOF
 # Written by slurm/local-cluster.sh; verified configuration (shared/notes/slurm-local.md).
 ClusterName=mmtc-local
-SlurmctldHost=$host
+# The address: clients and slurmd reach the controller without a DNS lookup of the host name.
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
 SlurmUser=root
@@ -75,13 +91,14 @@ JobRequeue=1
 FirstJobId=$FIRST_JOB_ID
 KillWait=15
 MailProg=/bin/true
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
     # No cgroup.conf: Slurm 22.05 has no CgroupPlugin=disabled, and slurmd fails with it.
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live daemon only if that pid is still the same program (pids get reused).
+alive() { [ -f "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$(basename "$1" .pid)" ]; }
 
 start_munge() {
     alive "$DIR/munge/munged.pid" && return 0
@@ -117,14 +134,17 @@ cmd_start() {
     write_config
     start_munge
     alive "$DIR/run/slurmctld.pid" || slurmctld -f "$CONF"
-    alive "$DIR/run/slurmd.pid" || slurmd -f "$CONF"
+    alive "$DIR/run/slurmd.pid" || slurmd -f "$CONF" -N "$(node_name)"
     wait_idle
     say "running: export SLURM_CONF=$CONF"
 }
 
 stop_pid() {
     local file=$1 pid
-    [ -f "$file" ] || return 0
+    if ! alive "$file"; then
+        rm -f "$file"
+        return 0
+    fi
     pid=$(cat "$file")
     if kill "$pid" 2>/dev/null; then
         for _ in $(seq 1 100); do
