@@ -3,12 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from corpus_factory import tiny_recipe, write_corpus
 from pipeline.config import load_recipe
+
+from corpus_factory import tiny_recipe, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +31,7 @@ def test_sweep_fit_solve(tmp_path, mmtc_env):
     assert [r["ratio"] for r in sweep["runs"]] == [0.1, 0.4, 0.7]
     assert sweep["runs"][1]["weights"]["eng-pig"] == pytest.approx(0.4)
     for run in sweep["runs"]:
-        cfg = yaml.safe_load(open(f"{run['run_dir']}/config.yaml").read())
+        cfg = yaml.safe_load(Path(run["run_dir"], "config.yaml").read_text())
         assert cfg["sampling"]["kind"] == "weights" and cfg["stages"] == []
     fit_out = mmtc(["scaling", "fit", str(out / "sweep.json")], mmtc_env, tmp_path)
     fits = json.loads((out / "scaling_fit.json").read_text())["fits"]
