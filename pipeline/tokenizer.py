@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def train_tokenizer(
         raise ConfigError([f"tokenizer.vocab_size: {cfg.vocab_size} does not fit this corpus "
                            f"(byte fallback alone needs 256 pieces): {exc}"]) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
+    tmp = out_path.with_suffix(f".tmp{os.getpid()}")  # concurrent runs may train the same tokenizer
     tmp.write_bytes(model.getvalue())
     tmp.replace(out_path)
     return Tokenizer(out_path)
