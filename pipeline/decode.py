@@ -49,9 +49,10 @@ def _banned(model: Seq2SeqTransformer, bos_id: int, eos_id: int, device: torch.d
 
 
 def greedy_search(
-    model: Seq2SeqTransformer, src: Tensor, bos_id: int, eos_id: int, max_len: Tensor | int
+    model: Seq2SeqTransformer, src: Tensor, bos_id: int, eos_id: int, max_len: Tensor | int, min_len: int = 0
 ) -> list[list[int]]:
-    """The argmax continuation per sentence, at most `max_len` tokens, without bos and eos."""
+    """The argmax continuation per sentence, at most `max_len` tokens (and, unless the limit is
+    lower, at least `min_len`), without bos and eos."""
     with _inference(model):
         limits = _limits(model, max_len, src.shape[0])
         out: list[list[int]] = [[] for _ in limits]
@@ -64,8 +65,12 @@ def greedy_search(
         cache = model.init_cache(model.encode(src), max(limits[i] for i in active))
         banned = _banned(model, bos_id, eos_id, device)
         tokens = torch.full((len(active),), bos_id, dtype=torch.long, device=device)
+        step = 0
         while active:
             lprobs = model.decode_step(tokens, cache).index_fill_(1, banned, NEG_INF)
+            if step < min_len:
+                lprobs[:, eos_id] = NEG_INF
+            step += 1
             tokens = lprobs.argmax(-1)
             keep: list[int] = []
             for row, (sent, tok) in enumerate(zip(active, tokens.tolist())):
@@ -92,8 +97,10 @@ def beam_search(
     beam: int,
     length_penalty: float,
     max_len: Tensor | int,
+    min_len: int = 0,
 ) -> list[list[int]]:
-    """The best finished hypothesis per sentence by sum log-prob / len**length_penalty.
+    """The best finished hypothesis per sentence by sum log-prob / len**length_penalty, with at
+    least `min_len` tokens unless its length limit is lower.
 
     `len` counts eos. Only eos candidates among a sentence's top `beam` expansions are finished
     (fairseq); the top `beam` non-eos candidates stay live. A sentence stops once it has `beam`
@@ -128,6 +135,8 @@ def beam_search(
         finished = [0] * n
         for step in range(longest + 1):
             lprobs = model.decode_step(tokens, cache).index_fill_(1, banned, NEG_INF)
+            if step < min_len:
+                lprobs[:, eos_id].masked_fill_(row_limit.gt(step), NEG_INF)
             if step >= min(limits[s] for s in sents):
                 lprobs.masked_fill_(row_limit.le(step)[:, None] & not_eos, NEG_INF)
             vocab = lprobs.shape[1]

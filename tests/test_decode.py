@@ -159,3 +159,22 @@ def test_length_limit_forces_eos() -> None:
     ):
         assert [len(h) for h in hyps] == [4, 7, 0]
     assert [len(h) for h in greedy_search(model, src, BOS, EOS, 1000)] == [63] * 3  # max_positions - 1
+
+
+def test_min_len_holds_back_eos():
+    torch.manual_seed(3)
+    arch = ModelArch(d_model=32, encoder_layers=1, decoder_layers=1, heads=4, ffn_dim=64, dropout=0.0)
+    model = Seq2SeqTransformer(arch, 20, 0)
+    step = model.decode_step
+
+    def eos_first(tokens, cache):  # make eos the best token at every step
+        lp = step(tokens, cache)
+        lp[:, 3] = lp.max(-1).values + 1.0
+        return lp
+
+    model.decode_step = eos_first
+    src = torch.randint(4, 20, (3, 6))
+    assert all(len(h) == 0 for h in greedy_search(model, src, 2, 3, 12))
+    for hyp in greedy_search(model, src, 2, 3, 12, min_len=12) + beam_search(model, src, 2, 3, 3, 1.0, 12, min_len=12):
+        assert len(hyp) == 12
+    assert all(len(h) == 5 for h in beam_search(model, src, 2, 3, 3, 1.0, 5, min_len=12))  # the limit wins
