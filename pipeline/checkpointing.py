@@ -177,7 +177,10 @@ class Checkpointer:
             if path == run.events and tag is not None:
                 marks = [i for i, r in enumerate(kept) if r.get("event") == "checkpoint" and r.get("tag") == tag]
                 if marks:
-                    kept = kept[: marks[-1] + 1]
+                    cut = marks[-1] + 1
+                    # The stop this checkpoint was saved for is history the resumed run cannot log again.
+                    kept = kept[:cut] + [r for r in kept[cut:]
+                                         if r.get("event") == "preempted" and r.get("checkpoint") == tag]
             if len(kept) != len(rows):
                 ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 

@@ -21,6 +21,8 @@ EPILOG = """examples:
   mmtc run stages/demo.yaml --run-dir runs/x --set train.max_steps=200
   mmtc run my_recipe.yaml --nproc 2          # 2 local processes (DeepSpeed launcher underneath)
   mmtc resume runs/x                         # continue exactly where the run stopped
+  mmtc submit stages/two_stage.yaml --run-dir runs/x --nodes 2 --gpus-per-node 8 --partition gpu --time 24:00:00
+  mmtc submit stages/two_stage.yaml --run-dir runs/x --chain-stages ...   # one Slurm job per stage (afterok)
   mmtc resume runs/x --from-stage mix --set stages.1.sampling.params.temperature=2
   mmtc status runs/x                         # stages, step, checkpoint, monitors, last events
   mmtc eval runs/x --split test              # BLEU and chrF per direction
@@ -60,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--allow-change", default="", metavar="WHAT",
                      help="resume although these differ from the checkpoint: world, corpus, recipe (comma-separated)")
 
+    from .slurm import add_slurm_arguments, add_submit_command
+
+    add_submit_command(sub)
+
     st = sub.add_parser("status", help="stages done and current, step, checkpoint, monitors, last events")
     st.add_argument("run_dir")
 
@@ -84,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, help="directory for the runs and sweep.json")
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--nproc", type=int, default=1)
+    sw.add_argument("--slurm", action="store_true", help="submit the runs as one Slurm job array (see the Slurm options)")
+    add_slurm_arguments(sw)
 
     sc = sub.add_parser("scaling", help="fit the scaling law to a sweep, and solve for the weights")
     scs = sc.add_subparsers(dest="scaling_command", required=True)
@@ -125,10 +133,20 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_translate(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "submit":
+            from .slurm import run_submit_command
+
+            return run_submit_command(args)
         if args.command == "sweep":
             from .sweep import run_sweep
 
             ratios = [float(x) for x in args.ratios.split(",") if x]
+            if args.slurm:
+                from .slurm import options_from_args, submit_sweep
+
+                print(submit_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets,
+                                   options_from_args(args), dry_run=args.dry_run))
+                return 0
             print(run_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets, args.nproc))
             return 0
         if args.command == "scaling":

@@ -1,11 +1,8 @@
 """`mmtc submit` and `mmtc sweep --slurm`: sbatch scripts from slurm/train.sbatch, submitted with
-`sbatch --parsable`, job ids recorded in the run directory (`slurm/jobs.jsonl`).
-
-The run directory is prepared here, on the submit host (config, tokenizer, data cache), exactly as
-`mmtc run` does before training, so data errors surface now rather than in a queued job, and the
-job's tasks only read the cache. One job runs every stage; with `--chain-stages`, one job per
-stage, each `afterok` on the previous one.
-"""
+`sbatch --parsable`, job ids recorded in the run directory (`slurm/jobs.jsonl`). The run directory
+is prepared on the submit host, as `mmtc run` does, so data errors surface now rather than in a
+queued job, and the tasks only read the cache. One job runs every stage, or (`--chain-stages`)
+one job per stage, each `afterok` on the previous one."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +28,8 @@ if TYPE_CHECKING:
 TEMPLATE = PACKAGE_ROOT / "slurm" / "train.sbatch"
 
 
-class SlurmError(RuntimeError):
-    pass
+class SlurmError(ValueError):
+    """sbatch missing or refusing; a ValueError so that `mmtc` reports it in one line (exit 2)."""
 
 
 @dataclass
@@ -63,47 +60,48 @@ class SlurmOptions:
                              f"--gpus-per-node {self.gpus_per_node}")
 
 
-def directives(opts: SlurmOptions, name: str, output: Path, array: int | None, chained: bool) -> list[str]:
-    lines = [f"--job-name={name}", f"--nodes={opts.nodes}", f"--ntasks-per-node={opts.tasks}"]
+def resources(opts: SlurmOptions) -> list[str]:
+    out = [f"--nodes={opts.nodes}", f"--ntasks-per-node={opts.tasks}"]
     if opts.gpus_per_node:
-        lines.append(f"--gpus-per-node={opts.gpus_per_node}")
+        out.append(f"--gpus-per-node={opts.gpus_per_node}")
     if opts.cpus_per_task:
-        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
+        out.append(f"--cpus-per-task={opts.cpus_per_task}")
+    return out
+
+
+def directives(opts: SlurmOptions, name: str, output: Path, array: int, chained: bool) -> list[str]:
+    lines = [f"--job-name={name}", *resources(opts)]
     lines += [f"--{k}={v}" for k, v in (("partition", opts.partition), ("time", opts.time),
                                          ("account", opts.account), ("qos", opts.qos)) if v]
     lines += [f"--signal=B:USR1@{opts.signal_seconds}", "--requeue",
               # a requeued job appends to its log instead of replacing the first attempt's
               "--open-mode=append", f"--output={output}", f"--chdir={Path.cwd()}"]
-    if array is not None:
+    if array:
         lines.append(f"--array=0-{array - 1}")
     if chained:
         # a stage whose predecessor failed can never run: cancel it rather than leave it pending
         lines.append("--kill-on-invalid-dep=yes")
-    lines += opts.sbatch_args
-    return [f"#SBATCH {shlex.quote(x)}" for x in lines]
+    return [f"#SBATCH {shlex.quote(x)}" for x in [*lines, *opts.sbatch_args]]
 
 
-def render_script(run_dirs: Sequence[Path], opts: SlurmOptions, *, until_stage: str | None = None,
-                  stage: str | None = None, allow_change: str = "") -> str:
+def render_script(run_dirs: Sequence[Path], opts: SlurmOptions, *, array: bool = False,
+                  until_stage: str | None = None, stage: str | None = None, allow_change: str = "") -> str:
     """The sbatch script for one run, or one stage of it (`stage`, chained; `until_stage` stops the
-    trainer after it), or, given several run dirs, a job array with one run each."""
+    trainer after it), or, with `array`, a job array with one of `run_dirs` per element."""
     opts.check()
-    array = len(run_dirs) if len(run_dirs) > 1 else None
     dirs = [Path(d).resolve() for d in run_dirs]
-    if array is None:
+    if not array:
         setup = f"RUN_DIR={shlex.quote(str(dirs[0]))}"
         output, what = dirs[0] / "slurm" / "%x-%j.out", str(dirs[0])
     else:
         setup = "\n".join(["RUN_DIRS=(", *(f"    {shlex.quote(str(d))}" for d in dirs), ")",
                            "RUN_DIR=${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"])
-        output, what = dirs[0].parent / "slurm" / "%x-%A_%a.out", f"{array} runs in {dirs[0].parent}"
-    name = opts.job_name or f"mmtc-{dirs[0].name if array is None else dirs[0].parent.name}"
+        output, what = dirs[0].parent / "slurm" / "%x-%A_%a.out", f"{len(dirs)} runs in {dirs[0].parent}"
+    name = opts.job_name or f"mmtc-{dirs[0].parent.name if array else dirs[0].name}"
     if stage:
         name, what = f"{name}-{stage}", f"{what}, stage {stage}"
-    srun = [f"--nodes={opts.nodes}", f"--ntasks={opts.nodes * opts.tasks}", f"--ntasks-per-node={opts.tasks}",
-            "--kill-on-bad-exit=0", "--wait=120"]
-    if opts.cpus_per_task:
-        srun.append(f"--cpus-per-task={opts.cpus_per_task}")  # srun 22.05 does not inherit it from sbatch
+    # srun restates the allocation's shape: srun 22.05 does not inherit --cpus-per-task from sbatch
+    srun = [*resources(opts), f"--ntasks={opts.nodes * opts.tasks}", "--kill-on-bad-exit=0", "--wait=120"]
     if opts.gpus_per_node:
         srun.append("--gpu-bind=none")
     task_args = [*(["--until-stage", until_stage] if until_stage else []),
@@ -111,10 +109,10 @@ def render_script(run_dirs: Sequence[Path], opts: SlurmOptions, *, until_stage: 
     exports = [f"export {k}={shlex.quote(os.environ[k])}" for k in ("MMTC_CACHE",) if os.environ.get(k)]
     values = {
         "TITLE": f"mmtc: {what}",
-        "DIRECTIVES": "\n".join(directives(opts, name, output, array, chained=stage is not None)),
+        "DIRECTIVES": "\n".join(directives(opts, name, output, len(dirs) if array else 0, stage is not None)),
         "SETUP": setup, "EXPORTS": "\n".join(exports), "EXIT_PREEMPTED": str(EXIT_PREEMPTED),
         "MAX_REQUEUES": str(opts.max_requeues), "PYTHON": shlex.quote(opts.python),
-        "SRUN_OPTIONS": " ".join(srun), "TASK_ARGS": " ".join(shlex.quote(a) for a in task_args),
+        "SRUN_OPTIONS": " ".join(srun), "TASK_ARGS": "".join(" " + shlex.quote(a) for a in task_args),
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():
@@ -192,7 +190,7 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
     element); sweep.json is written now, so `mmtc scaling fit` works once the array is done."""
     from .config import load_recipe
     from .rundir import RunDir
-    from .sweep import plan_sweep
+    from .sweep import plan_sweep, run_overrides
 
     plan = plan_sweep(recipe_path, ratios, group, overrides)
     base = load_recipe(recipe_path, list(overrides))
@@ -201,16 +199,14 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
         run_dir = out / f"ratio-{entry['ratio']:.3f}"
         entry["run_dir"] = str(run_dir)
         run_dirs.append(run_dir)
-        # The same overrides as run_sweep gives each local run.
-        sampling = {"kind": "weights", "params": {"weights": entry["weights"]}}
-        sets = [*overrides, "stages=[]", f"sampling={json.dumps(sampling)}", f"train.eval_every={base.train.max_steps}"]
+        sets = run_overrides(entry, overrides, base.train.max_steps)
         if not dry_run:
             run = RunDir(run_dir)
             recipe = load_recipe(recipe_path, sets)
             run.create(recipe, overwrite=False, source=recipe_path, overrides=sets)
             prepare_run(run, recipe)
     script = out / "slurm" / "sweep.sbatch"
-    text = render_script(run_dirs, opts)
+    text = render_script(run_dirs, opts, array=True)
     path = out / "sweep.json"
     if dry_run:
         print(f"# ---- {script}\n{text}")
@@ -230,27 +226,23 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
 # -- command line ------------------------------------------------------------------------------
 def add_slurm_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Slurm")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script(s); create and submit nothing")
     g.add_argument("--nodes", type=int, default=1)
     g.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU; 0: a CPU partition (gloo)")
     g.add_argument("--tasks-per-node", type=int, help="tasks (ranks) per node (default: --gpus-per-node, or 1)")
     g.add_argument("--cpus-per-task", type=int)
-    g.add_argument("--partition")
-    g.add_argument("--time", help="time limit, e.g. 24:00:00")
-    g.add_argument("--account")
-    g.add_argument("--qos")
+    for name in ("--partition", "--time", "--account", "--qos", "--job-name"):
+        g.add_argument(name, help="e.g. 24:00:00 (default: the partition's limit)" if name == "--time" else None)
     g.add_argument("--signal-seconds", type=int, default=300, metavar="S",
                    help="SIGUSR1 this long before the time limit: save and requeue (default 300)")
     g.add_argument("--max-requeues", type=int, default=5, help="requeue a preempted job at most this often (default 5)")
-    g.add_argument("--job-name")
     g.add_argument("--python", default=sys.executable, help="the Python on the compute nodes (default: this one)")
     g.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
                    help="any other sbatch option, e.g. --sbatch-arg=--mem=64G (repeatable)")
 
 
 def options_from_args(args: argparse.Namespace) -> SlurmOptions:
-    opts = SlurmOptions(**{k: getattr(args, k) for k in (
-        "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "time", "account", "qos",
-        "signal_seconds", "max_requeues", "job_name", "python", "sbatch_args")})
+    opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in fields(SlurmOptions)})
     opts.check()
     return opts
 
@@ -262,7 +254,6 @@ def add_submit_command(subparsers: Any) -> argparse.ArgumentParser:
     sub.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
     sub.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     sub.add_argument("--chain-stages", action="store_true", help="one job per stage, each afterok on the last")
-    sub.add_argument("--dry-run", action="store_true", help="print the sbatch script(s); create and submit nothing")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="submit the existing run in --run-dir (it continues)")
     mode.add_argument("--overwrite", action="store_true", help="delete --run-dir first")
@@ -277,11 +268,8 @@ def run_submit_command(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     if args.resume:
-        run = RunDir(args.run_dir or "")
-        if not args.run_dir or not run.exists():
-            print(f"mmtc: submit --resume: {args.run_dir!r} holds no run", file=sys.stderr)
-            return 2
-        recipe = run.load_config()
+        run = RunDir(args.run_dir or ".")
+        recipe = run.load_config()  # refuses a directory that holds no run
     else:
         path = resolve_recipe_path(args.recipe)
         recipe = load_recipe(path, args.sets)
@@ -294,11 +282,7 @@ def run_submit_command(args: argparse.Namespace) -> int:
     if len(stages) == 1:
         print("submit: the recipe has a single stage; --chain-stages submits one job", flush=True)
         stages = []
-    try:
-        submit_run(run.path, stages, opts, dry_run=args.dry_run, allow_change=args.allow_change)
-    except SlurmError as exc:
-        print(f"mmtc: {exc}", file=sys.stderr)
-        return 1
+    submit_run(run.path, stages, opts, dry_run=args.dry_run, allow_change=args.allow_change)
     return 0
 
 
@@ -306,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.slurm submit ...`: the same as `mmtc submit ...`."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.slurm")
     add_submit_command(ap.add_subparsers(dest="command", required=True))
-    return run_submit_command(ap.parse_args(argv))
+    from .rundir import RunDirError
+
+    try:
+        return run_submit_command(ap.parse_args(argv))
+    except (ValueError, RunDirError) as exc:
+        print(f"mmtc: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ def plan_sweep(recipe_path: str, ratios: Sequence[float], group: str, overrides:
     return [{"ratio": r, "weights": ratio_weights(names, sizes, groups, group, r)} for r in ratios]
 
 
+def run_overrides(entry: dict[str, Any], overrides: Sequence[str], max_steps: int) -> list[str]:
+    """What turns the recipe into one ratio's run: a single stage, the ratio's explicit weights, and
+    a dev evaluation at the end (the fit reads each run's final dev losses)."""
+    sampling = {"kind": "weights", "params": {"weights": entry["weights"]}}
+    return [*overrides, "stages=[]", f"sampling={json.dumps(sampling)}", f"train.eval_every={max_steps}"]
+
+
 def run_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Path, overrides: Sequence[str],
               nproc: int = 1) -> Path:
     """One single-stage run per ratio under `out`, each with explicit weights; returns sweep.json."""
@@ -53,10 +60,7 @@ def run_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Path, 
     for entry in plan:
         run_dir = out / f"ratio-{entry['ratio']:.3f}"
         entry["run_dir"] = str(run_dir)
-        sampling = {"kind": "weights", "params": {"weights": entry["weights"]}}
-        sets = [*overrides, "stages=[]", f"sampling={json.dumps(sampling)}",
-                # the fit needs each run's final dev losses
-                f"train.eval_every={recipe.train.max_steps}"]
+        sets = run_overrides(entry, overrides, recipe.train.max_steps)
         cmd = [sys.executable, "-m", "pipeline", "run", recipe_path, "--run-dir", str(run_dir), "--nproc", str(nproc)]
         for s in sets:
             cmd += ["--set", s]

@@ -9,7 +9,9 @@
 #
 # Settings (environment): MMTC_SLURM_DIR, MMTC_SLURM_PORT (slurmctld's port; slurmd uses the
 # next one; default 6917), MMTC_SLURM_FIRST_JOB_ID (default 1), MMTC_SLURM_PARTITION (default
-# cpu). Installs Debian's slurm-wlm and munge with apt when they are missing (needs root).
+# cpu). Installs Debian's slurm-wlm and munge with apt when they are missing. Needs root; exits
+# with status 3 without root (or apt), so that callers (the tests) can tell "cannot run here" from
+# a failure.
 set -euo pipefail
 
 DIR=${MMTC_SLURM_DIR:-/tmp/mmtc-slurm}
@@ -26,9 +28,9 @@ install_packages() {
         && command -v munged >/dev/null; then
         return 0
     fi
-    if [ "$(id -u)" -ne 0 ]; then
-        say "slurm-wlm and munge are not installed, and installing them needs root"
-        return 3
+    if ! command -v apt-get >/dev/null; then
+        say "slurm-wlm and munge are missing and there is no apt-get to install them; not started"
+        exit 3
     fi
     export DEBIAN_FRONTEND=noninteractive
     # A fresh image has no package lists; apt-get install would find nothing.
@@ -57,7 +59,10 @@ write_config() {
     local host node cpus mem
     host=$(hostname -s)
     node=$(node_name)
+    # At least 2 CPUs, so that a 2-task test job fits even on a 1-core machine (config_overrides
+    # below makes slurmd trust this count instead of draining the node for having fewer).
     cpus=$(getconf _NPROCESSORS_ONLN)
+    [ "$cpus" -ge 2 ] || cpus=2
     # Slurm drains a node that has less memory than configured: stay under what it has.
     mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     mkdir -p "$DIR"/{etc,state,spool,log,run}
@@ -82,6 +87,7 @@ SlurmdLogFile=$DIR/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 ReturnToService=2
+SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 # The default 60 s main loop would leave a requeued job pending long after it may start.
 SchedulerParameters=sched_interval=2,bf_interval=2
@@ -125,6 +131,11 @@ wait_idle() {
 }
 
 cmd_start() {
+    # slurmd runs as root (SlurmUser=root), and installing the packages needs root too.
+    if [ "$(id -u)" -ne 0 ]; then
+        say "needs root (to install slurm-wlm and munge with apt and to run slurmd); not started"
+        exit 3
+    fi
     install_packages
     export SLURM_CONF=$CONF
     if alive "$DIR/run/slurmctld.pid" && alive "$DIR/run/slurmd.pid"; then
@@ -157,7 +168,17 @@ stop_pid() {
 }
 
 cmd_stop() {
-    # By pid, in reverse order of start: jobs still running are killed with slurmd's steps.
+    # Jobs first (their tasks would outlive slurmd), then the daemons by pid, in reverse order.
+    if alive "$DIR/run/slurmctld.pid"; then
+        export SLURM_CONF=$CONF
+        if [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+            scancel --quiet --partition="$PARTITION" || true
+            for _ in $(seq 1 30); do
+                [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+                sleep 1
+            done
+        fi
+    fi
     stop_pid "$DIR/run/slurmd.pid"
     stop_pid "$DIR/run/slurmctld.pid"
     stop_pid "$DIR/munge/munged.pid"

@@ -21,7 +21,7 @@ from corpus_factory import two_stage_recipe, write_corpus
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CANT_INSTALL = 3  # local-cluster.sh: Slurm is missing and installing it needs root
+CANT_INSTALL = 3  # local-cluster.sh: no root (or no apt) to install and run Slurm
 # A longer mix stage, so that a warning sent after step k still finds the job training.
 SETS = ["--set", "stages.1.until.max_steps=30"]
 JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "--time", "15:00"]
@@ -29,7 +29,8 @@ JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "-
 
 def free_port_pair() -> int:
     for _ in range(50):
-        port = random.randint(20000, 30000)
+        # above the rendezvous ports jobs derive from their ids (15000-29999), below the ephemeral range
+        port = random.randint(30000, 32700)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("", port))

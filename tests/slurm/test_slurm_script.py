@@ -6,8 +6,10 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from pipeline import preemption, slurm, slurm_task
 from pipeline.config import load_recipe
 from pipeline.rundir import RunDir
 
-from corpus_factory import two_stage_recipe
+from corpus_factory import tiny_recipe, two_stage_recipe, write_corpus
 
 
 def check_shell(text: str, tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_cpu_partition_script_uses_tasks_and_cpus_not_gpus(tmp_path):
 
 def test_job_array_script_picks_its_run_dir(tmp_path):
     dirs = [tmp_path / "sweep" / f"ratio-{r}" for r in ("0.100", "0.500")]
-    text = slurm.render_script(dirs, slurm.SlurmOptions(tasks_per_node=2))
+    text = slurm.render_script(dirs, slurm.SlurmOptions(tasks_per_node=2), array=True)
     check_shell(text, tmp_path)
     assert "#SBATCH --array=0-1" in text and "RUN_DIR=${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}" in text
     assert f"#SBATCH --output={tmp_path / 'sweep' / 'slurm'}/%x-%A_%a.out" in text
@@ -215,3 +217,80 @@ def test_mmtc_submit_is_wired_into_the_cli(tmp_path, capsys):
     recipe = two_stage_recipe(tmp_path, tmp_path / "manifest.yaml")
     assert cli.main(["submit", str(recipe), "--run-dir", str(tmp_path / "r"), "--dry-run"]) == 0
     assert "#SBATCH --requeue" in capsys.readouterr().out
+
+
+def test_sweep_is_one_job_array_with_prepared_runs_and_sweep_json(tmp_path, fake_sbatch, monkeypatch):
+    monkeypatch.setenv("MMTC_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_recipe(tmp_path, write_corpus(tmp_path, sizes={"rev": 60, "upp": 40, "pig": 20}, dev=8, test=8))
+    out = tmp_path / "sweep"
+    path = slurm.submit_sweep(str(recipe), [0.2, 0.6], "lrl", out, ["train.max_steps=4"],
+                              slurm.SlurmOptions(tasks_per_node=2))
+    sweep = json.loads(path.read_text())
+    dirs = [Path(r["run_dir"]) for r in sweep["runs"]]
+    assert [d.name for d in dirs] == ["ratio-0.200", "ratio-0.600"]
+    for d, r in zip(dirs, sweep["runs"]):
+        config = load_recipe(d / "config.yaml")
+        assert config.sampling.kind == "weights" and config.sampling.params["weights"] == r["weights"]
+        assert (d / "tokenizer" / "spm.model").is_file() and (d / "data_summary.json").is_file()
+    assert fake_sbatch.read_text().splitlines() == [f"--parsable {out / 'slurm' / 'sweep.sbatch'}"]
+    text = (out / "slurm" / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in text and all(str(d.resolve()) in text for d in dirs)
+    assert json.loads((dirs[1] / "slurm" / "jobs.jsonl").read_text())["job_id"] == "101_1"
+
+
+@pytest.fixture
+def fake_slurm_bin(tmp_path, monkeypatch):
+    """srun and scontrol stand-ins: srun exits with $FAKE_RC, or with 85 once it gets SIGUSR1."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        trap 'echo "srun got USR1" >> {log}; exit 85' USR1
+        echo "srun $*" >> {log}
+        if [ -n "${{FAKE_WAIT:-}}" ]; then for _ in $(seq 1 300); do sleep 0.1; done; fi
+        exit "${{FAKE_RC:-0}}"
+        """))
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {log}\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def batch_env(**over: str) -> dict[str, str]:
+    return {**os.environ, "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "vm", **over}
+
+
+@pytest.mark.parametrize("rc,restarts,requeued,status", [
+    (85, "0", True, 0),     # preempted: requeue, and the job ends cleanly to start again
+    (85, "3", False, 85),   # preempted once too often: the cap stops it
+    (1, "0", False, 1),     # a failure is not a preemption: no requeue
+    (0, "0", False, 0),
+])
+def test_batch_script_requeues_only_a_preempted_job_below_the_cap(tmp_path, fake_slurm_bin, rc, restarts,
+                                                                   requeued, status):
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm.render_script([tmp_path / "run"], slurm.SlurmOptions(max_requeues=3)))
+    proc = subprocess.run(["bash", str(script)], env=batch_env(FAKE_RC=str(rc), SLURM_RESTART_COUNT=restarts),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    calls = fake_slurm_bin.read_text()
+    assert ("scontrol requeue 77" in calls) == requeued
+    assert "-m pipeline.slurm_task" in calls and str((tmp_path / "run").resolve()) in calls
+
+
+def test_batch_script_forwards_usr1_to_the_job_step(tmp_path, fake_slurm_bin):
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm.render_script([tmp_path / "run"], slurm.SlurmOptions()))
+    proc = subprocess.Popen(["bash", str(script)], env=batch_env(FAKE_WAIT="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 20
+    while "srun " not in (fake_slurm_bin.read_text() if fake_slurm_bin.exists() else ""):
+        assert time.time() < deadline, "srun never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)  # as --signal=B:USR1 does: to the batch shell only
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    calls = fake_slurm_bin.read_text()
+    assert "srun got USR1" in calls and "scontrol requeue 77" in calls, calls
+    assert "status 85" in out and "requeueing (restart 1 of at most 5)" in out
