@@ -184,8 +184,9 @@ class Checkpointer:
             if len(kept) != len(rows):
                 ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
-    def evaluate_stage(self, tag: str) -> None:
-        """BLEU/chrF on dev for every direction with the stage-final weights (rank 0)."""
+    def evaluate_stage(self, tag: str, stage_index: int) -> None:
+        """BLEU/chrF on dev for every direction with the stage-final weights, then the stage's
+        report (test scored too) under reports/ (rank 0)."""
         from .evaluate import format_table
         from .evaluation_run import evaluate_run
 
@@ -193,3 +194,11 @@ class Checkpointer:
         results = evaluate_run(t.run, t.corpus, t.recipe, split="dev", tag=tag, device=t.dist.device)
         groups = {d.name: d.group for d in t.corpus.manifest.directions}
         print(format_table(results, groups), flush=True)
+        try:
+            from .report import write_stage_report
+
+            path = write_stage_report(t.run, t.corpus, t.recipe, stage_index, tag, t.dist.device)
+            print(f"report: {path} (and {path.parent / 'index.html'})", flush=True)
+        except Exception as exc:  # a report is a view of the run: training goes on without it
+            print(f"report: not written ({type(exc).__name__}: {exc}); `mmtc report {t.run.path}` retries",
+                  flush=True)

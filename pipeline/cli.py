@@ -30,6 +30,8 @@ EPILOG = """examples:
   mmtc sweep stages/temperature_t1.yaml --ratios 0.1,0.3,0.5,0.7,0.9 --out runs/sweep
   mmtc scaling fit runs/sweep/sweep.json      # L(p, D) per direction
   mmtc scaling solve runs/sweep/scaling_fit.json --recipe stages/demo.yaml --out stages/scaling.yaml
+  mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
+  mmtc compare runs/a runs/b --out cmp --baseline runs/a   # runs side by side, Pareto front
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
   mmtc data demo                             # build (and cache) the embedded demo corpus
 """
@@ -111,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="recipe overrides when checking with the recipe's filters")
     dsub.add_parser("demo", help="build (once) and cache the Wesnoth demo corpus; print where it is")
+    from .compare import add_report_commands
+
+    add_report_commands(sub)
     return ap
 
 
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_translate(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command in ("report", "compare"):
+            from .compare import run_report_command
+
+            return run_report_command(args)
         if args.command == "submit":
             from .slurm import run_submit_command
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .report import SPLITS, build_report, load_run_data, read_lines, saved_reports, sha256
 from .rundir import RunDir
 from .typed_yaml import to_plain
@@ -118,6 +116,7 @@ def paired_bootstrap(base: Sequence[str], systems: Sequence[tuple[str, Sequence[
     """{system: {metric: {score, delta, ci: [lo, hi], p}}} against `base`. p-values come from
     sacrebleu's paired bootstrap (PairedTest 'bs'); the CI of the difference is taken over the same
     resamples (sacrebleu draws them from its seed, SACREBLEU_SEED or 12345, which we reuse)."""
+    import numpy as np
     from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
 
@@ -138,9 +137,12 @@ def paired_bootstrap(base: Sequence[str], systems: Sequence[tuple[str, Sequence[
             diff = np.sort(resampled(hyps) - base_scores)
             lo = len(diff) // 40  # sacrebleu's 95% convention (estimate_ci)
             res = scores[key][i]
+            ci = [round(float(diff[lo]), 2), round(float(diff[len(diff) - lo - 1]), 2)]
+            # sacrebleu's bootstrap p-value is 1/(n+1) for a system identical to the baseline, so a
+            # difference counts only when the interval also excludes zero.
             out[name][m] = {"score": round(res.score, 2), "delta": round(res.score - scores[key][0].score, 2),
-                            "ci": [round(float(diff[lo]), 2), round(float(diff[len(diff) - lo - 1]), 2)],
-                            "p": round(float(res.p_value), 4)}
+                            "ci": ci, "p": round(float(res.p_value), 4),
+                            "significant": bool(res.p_value < 0.05 and (ci[0] > 0 or ci[1] < 0))}
     return out
 
 
@@ -154,6 +156,8 @@ def seed_groups(results: Sequence[RunResult]) -> list[list[RunResult]]:
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float | None]:
+    import numpy as np
+
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 

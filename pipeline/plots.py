@@ -159,7 +159,7 @@ def sampling(rows: Sequence[Mapping[str, Any]], groups: Mapping[str, str | None]
             twin.step([t[0] for t in tau], [t[1] for t in tau], where="pre", color="black", linewidth=1.5,
                       label="τ")
             twin.set_ylabel("temperature τ")
-            twin.legend(loc="upper right", fontsize=7)
+            twin.legend(loc="center right", fontsize=7)
         if len(names) <= LEGEND_LIMIT:
             ax.legend(loc="upper left", fontsize=7, ncol=2)
     axes[-1, 0].set_xlabel("step")
@@ -212,7 +212,8 @@ def grad_similarity(rows: Sequence[Mapping[str, Any]]) -> Figure | None:
         ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
         if len(tasks) <= 10:
             for (i, j), v in np.ndenumerate(mean):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 else "black")
         ax.set_title(f"steps {mats[0][0]}-{mats[-1][0]} ({len(mats)} logged)", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="gradient cosine")
     return fig

@@ -20,7 +20,6 @@ from typing import Any
 
 from . import checkpoint as ckpt
 from .config import RecipeConfig
-from .evaluate import averages
 from .rundir import RunDir
 from .typed_yaml import to_plain
 
@@ -38,6 +37,7 @@ class Stage:
     end_step: int | None
     directions: list[str]
     end: dict[str, Any] | None  # reason, monitor, values of its stage_end event
+    started: bool = True
 
 
 @dataclass
@@ -61,7 +61,7 @@ class RunData:
         """(name, first step, last step) of every stage that has started, for the plots."""
         last = max([r["step"] for r in self.train_rows] or [0])
         return [(s.name, s.start_step, s.end_step if s.end_step is not None else last)
-                for s in self.stages if s.end_step is not None or s.start_step <= last]
+                for s in self.stages if s.started]
 
 
 def read_lines(path: Path) -> list[str]:
@@ -99,7 +99,8 @@ def load_run_data(run: RunDir) -> RunData:
         data.stages.append(Stage(
             i, st.name, tags.get(i), starts[-1]["step"] if starts else prev_end, end_step,
             starts[-1].get("directions") if starts else list(dict.fromkeys(seen)),
-            None if end is None else {k: end.get(k) for k in ("reason", "monitor", "values")}))
+            None if end is None else {k: end.get(k) for k in ("reason", "monitor", "values")},
+            bool(starts or seen or end_step is not None)))
         prev_end = end_step if end_step is not None else prev_end
     return data
 
@@ -164,6 +165,8 @@ def _delta(now: dict[str, Any], before: dict[str, Any] | None, keys: dict[str, i
 
 def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs: dict[str, Path],
                    prev: dict[str, Any] | None) -> dict[str, Any]:
+    from .evaluate import averages
+
     groups = data.groups
     dirs: dict[str, Any] = {}
     for name, e in ev["directions"].items():
@@ -188,16 +191,20 @@ def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs
 
 
 def _training(data: RunData, st: Stage) -> dict[str, Any]:
-    """Steps, tokens, wall time and throughput of the stage, from its log lines (Σ step_s × steps)."""
+    """Steps, tokens, wall time and throughput of the stage, from its log lines (Σ step_s × steps;
+    runs logged before a field existed count it as 0)."""
     end = st.end_step if st.end_step is not None else st.start_step
     before = [r for r in data.train_rows if r["step"] <= st.start_step]
     rows = [r for r in data.train_rows if st.start_step < r["step"] <= end]
     wall, last = 0.0, st.start_step
     for r in rows:
-        wall += r["step_s"] * (r["step"] - last)
+        wall += r.get("step_s", 0.0) * (r["step"] - last)
         last = r["step"]
-    tokens = (rows[-1]["tokens"] - (before[-1]["tokens"] if before else 0)) if rows else 0
-    skipped = (rows[-1]["skipped_steps"] - (before[-1]["skipped_steps"] if before else 0)) if rows else 0
+
+    def gained(key: str) -> int:
+        return int(rows[-1].get(key, 0) - (before[-1].get(key, 0) if before else 0)) if rows else 0
+
+    tokens, skipped = gained("tokens"), gained("skipped_steps")
     return {"steps": end - st.start_step, "tokens": tokens, "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "skipped_steps": skipped,
             "final_lr": rows[-1]["lr"] if rows else None, "final_train_loss": rows[-1]["loss"] if rows else None}

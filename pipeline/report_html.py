@@ -4,23 +4,27 @@ embedded as data URIs, also saved under reports/plots/), plus the HTML helpers c
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import os
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import plots
+from .checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from .report import RunData
 
 Cell = str | tuple[str, str]  # text, or (text, css class)
+NUMERIC = re.compile(r"^([+\-–]?\d|–$)")  # right-aligned: numbers, signed deltas, "–" for none
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.up{color:#067d17}.down{color:#b3261e}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f3f3f3}td.n{text-align:right}.up{color:#067d17}.down{color:#b3261e}
 .front{font-weight:bold;background:#fff4e0}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}
 img{max-width:100%;border:1px solid #eee}.warn{color:#b3261e;font-weight:bold}code{font-size:12px}"""
 
@@ -40,6 +44,8 @@ def esc(x: Any) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
     def cell(c: Cell, tag: str = "td") -> str:
         text, cls = (c, "") if isinstance(c, str) else c
+        if tag == "td" and NUMERIC.match(text):
+            cls = f"{cls} n".strip()
         return f"<{tag}{f' class={cls!r}' if cls else ''}>{esc(text)}</{tag}>"
 
     head = "".join(cell(h, "th") for h in header)
@@ -105,11 +111,9 @@ def environment() -> dict[str, str]:
     from .report import version
 
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
            "cpu cores": str(os.cpu_count())}
     try:
@@ -188,25 +192,29 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
         return made[name]
 
     bounds, groups = data.boundaries(), data.groups
+    marks = plots.event_markers(data.events, data.dev_rows)
     if data.dev_rows:
-        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, plots.event_markers(data.events, data.dev_rows), "dev loss per direction")
+        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, marks, "dev loss per direction")
     else:
         rows = [{"step": r["step"], "nll": {n: v["nll"] for n, v in r["directions"].items()}} for r in data.train_rows]
-        curves = plots.loss_curves(rows, "nll", groups, bounds, plots.event_markers(data.events, data.dev_rows),
+        curves = plots.loss_curves(rows, "nll", groups, bounds, marks,
                                    "training NLL per direction (no dev losses: train.eval_every is 0)")
+    tau = plots.tau_series(data.train_rows, _static_tau(data))
     body = [f"<h1>Run <code>{esc(data.recipe.name)}</code></h1><p><code>{esc(data.run.path.resolve())}</code>"
             f" · recipe {esc(data.meta.get('recipe'))} · created {esc(data.meta.get('created'))}</p>", "<h2>Stages</h2>"]
     srows: list[list[Cell]] = []
-    have = {r["stage"]["index"] for r in reports}
     for st in data.stages:
         end = st.end or {}
-        why = (end.get("reason") or ("running" if st.tag is None and st.end_step is None else "?")) + (
-            f" ({end['monitor']})" if end.get("monitor") else "")
+        state = "?" if st.end_step is not None else "running" if st.started else "not started"
+        why = (end.get("reason") or state) + (f" ({end['monitor']})" if end.get("monitor") else "")
         srows.append([f"{st.index}: {st.name}", f"{st.start_step}–{st.end_step if st.end_step is not None else '…'}",
                       ", ".join(st.directions), why, ", ".join(f"{k}={v}" for k, v in (end.get("values") or {}).items()
                                                              if not isinstance(v, (dict, list))),
-                      st.tag or "–", f"{stage_stem(st.index, st.name)}.json / .md" if st.index in have else "–"])
-    body.append(table(["stage", "steps", "directions", "ended by", "values", "checkpoint", "report"], srows))
+                      st.tag or "–"])
+    body.append(table(["stage", "steps", "directions", "ended by", "values", "checkpoint"], srows))
+    links = [f"<a href='{stem}.{ext}'>{stem}.{ext}</a>" for r in reports
+             for stem in [stage_stem(r["stage"]["index"], r["stage"]["name"])] for ext in ("json", "md")]
+    body.append(f"<p>Stage reports: {' · '.join(links) or 'none yet'}</p>")
     for split in ("test", "dev"):
         if any(split in r["splits"] for r in reports):
             body += [f"<h2>BLEU and chrF on {split}, per stage (Δ: against the previous stage)</h2>",
@@ -214,7 +222,7 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
                                                       f"{split} scores per stage")]
     body += ["<h2>Dev loss</h2>", fig("dev-loss", curves, "loss curves per direction")]
     body += ["<h2>Sampling distribution</h2>",
-             fig("sampling", plots.sampling(data.train_rows, groups, bounds, plots.tau_series(data.train_rows, _static_tau(data))), "sampling distribution")
+             fig("sampling", plots.sampling(data.train_rows, groups, bounds, tau), "sampling distribution")
              or "<p>no training rows logged yet</p>"]
     if data.sim_rows:
         body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", plots.grad_similarity(data.sim_rows),
@@ -234,10 +242,86 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
              "<h3>This report was generated with</h3>", table(["", ""], [[k, v] for k, v in environment().items()])]
     body += ["<h2>Data</h2>", f"<p>manifest <code>{esc(data.summary.get('manifest'))}</code></p>",
              _data_table(data.summary), "<h2>Resolved recipe</h2>",
-             f"<pre>{esc(data.run.config.read_text())}</pre>"]
+             f"<details><summary>config.yaml</summary><pre>{esc(data.run.config.read_text())}</pre></details>"]
     for stale in pdir.glob("*.png") if pdir.is_dir() else []:
         if stale.stem not in made:
             stale.unlink()  # a figure of an earlier version of this report that has no data now
     path = out / "index.html"
-    path.write_text(page(f"mmtc report: {data.recipe.name}", "\n".join(b for b in body if b)), encoding="utf-8")
+    # Atomic: a browser refreshing during a stage end never sees half a page.
+    atomic_write_text(path, page(f"mmtc report: {data.recipe.name}", "\n".join(b for b in body if b)))
     return path
+
+
+def _compare_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[Cell]]]]:
+    """(title, header, rows) of the comparison, shared by its Markdown and HTML."""
+    names = list(doc["directions"])
+    avgs = list(dict.fromkeys(k for r in doc["runs"] for k in r["averages"]))
+    front = {p["label"]: [m for m in ("bleu", "chrf") if p["front"][m]] for p in doc["pareto"] or []}
+    cols = [f"{n} ({doc['directions'][n] or '-'})" for n in names] + [f"avg {k}" for k in avgs]
+    tables = []
+    rows: list[list[Cell]] = []
+    for r in doc["runs"]:
+        cls = "front" if front.get(r["label"]) and not doc["seed_groups"] else ""
+        cells = [r["directions"][n] for n in names] + [r["averages"].get(k) for k in avgs]
+        rows.append([(r["label"], cls), r["stage"]] + [_pair(c) for c in cells]
+                    + ([" ".join(f"{m} ★" for m in front.get(r["label"], []))] if front and not doc["seed_groups"]
+                       else []))
+    pareto_col = ["Pareto-optimal"] if front and not doc["seed_groups"] else []
+    tables.append((f"BLEU / chrF per direction on {doc['split']}", ["run", "stage", *cols, *pareto_col], rows))
+    if doc["seed_groups"]:
+        rows = []
+        for g in doc["seed_groups"]:
+            cells = [g["directions"][n] for n in names] + [g["averages"].get(k) for k in avgs]
+            rows.append([(g["label"], "front" if front.get(g["label"]) else ""), str(len(g["runs"]))]
+                        + [_pair(c, std=True) for c in cells] + [" ".join(f"{m} ★" for m in front.get(g["label"], []))])
+        tables.append(("Runs that differ only in seed: mean ± std (BLEU / chrF)",
+                       ["group", "runs", *cols, "Pareto-optimal"], rows))
+    sig = doc["significance"]
+    for m in ("bleu", "chrf") if sig else ():
+        rows = []
+        for lab, per in sig["runs"].items():
+            row: list[Cell] = [lab]
+            for n in names:
+                v = per[n][m]
+                row.append((f"{v['delta']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}] p={v['p']:.3f}",
+                            ("up" if v["delta"] > 0 else "down") if v["significant"] else ""))
+            rows.append(row)
+        tables.append((f"{'BLEU' if m == 'bleu' else 'chrF'} difference from {sig['baseline']}: Δ [95% CI] and "
+                       f"p (paired bootstrap, {sig['samples']} resamples)", ["run", *names], rows))
+    return tables
+
+
+def _pair(c: Any, std: bool = False) -> str:
+    if c is None:
+        return "–"
+    if not std:
+        return f"{c['bleu']:.2f} / {c['chrf']:.2f}"
+    return " / ".join(f"{c[m][0]:.2f}" + (f" ± {c[m][1]:.2f}" if c[m][1] is not None else "") for m in ("bleu", "chrf"))
+
+
+def compare_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Comparison of {len(doc['runs'])} runs on {doc['split']}", "",
+             f"BLEU `{doc['signatures']['bleu']}`  ", f"chrF `{doc['signatures']['chrf']}`"]
+    for title, header, rows in _compare_tables(doc):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for row in rows:
+            cells = [c if isinstance(c, str) else (f"**{c[0]}**" if c[1] else c[0]) for c in row]
+            lines.append("| " + " | ".join(cells) + " |")
+    if doc["pareto"]:
+        lines += ["", "★: Pareto-optimal on (HRL average, LRL average): no other run is at least as good on both and "
+                  "better on one. Figure: `plots/pareto.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def compare_page(doc: dict[str, Any], png: bytes | None) -> str:
+    body = [f"<h1>Comparison of {len(doc['runs'])} runs on {esc(doc['split'])}</h1>",
+            f"<p>BLEU <code>{esc(doc['signatures']['bleu'])}</code><br>chrF <code>{esc(doc['signatures']['chrf'])}"
+            "</code></p>"]
+    for title, header, rows in _compare_tables(doc):
+        body += [f"<h2>{esc(title)}</h2>", table(header, rows)]
+    if png is not None:
+        body += ["<h2>HRL against LRL average (Pareto-optimal runs starred and joined)</h2>",
+                 figure(png, "Pareto front", "plots/pareto.png")]
+    body.append("<h2>Runs</h2>" + table(["run", "path", "checkpoint", "seed"], [
+        [r["label"], r["path"], r["checkpoint"], str(r["seed"])] for r in doc["runs"]]))
+    return page("mmtc compare", "\n".join(body))

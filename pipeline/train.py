@@ -29,6 +29,7 @@ from .monitors import Observation
 from .progress import Progress
 from .rundir import RunDir
 from .sampling import Sampler, build_sampler
+from .tensorboard import TensorBoardLog
 
 
 class TrainingStopped(RuntimeError):
@@ -69,6 +70,7 @@ class Trainer:
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
         self._acc_eval = torch.zeros(3, len(self.names), dtype=torch.float64)
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
+        self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
         from .checkpointing import Checkpointer
 
@@ -266,6 +268,8 @@ class Trainer:
         if extra:
             record["policy"] = extra
         self.run.append(self.run.metrics, record)
+        if self.tb is not None:
+            self.tb.scalars(self.counters.step, record)
         self.meter.show(record)
 
     def observe(self, seconds: float) -> Ending | None:
@@ -286,6 +290,8 @@ class Trainer:
                 self.run.append(self.run.metrics, {"step": self.counters.step, "stage": self.progress.stage.name,
                                                    "dev_loss": dev, "train_nll": train,
                                                    "monitors": self.progress.values()})
+                if self.tb is not None:
+                    self.tb.scalars(self.counters.step, {"dev_loss": dev, "train_nll": train})
         obs = Observation(self.counters.step, self.counters.stage_step, self.progress.tokens,
                           self.progress.seconds, dev, train)
         ending = self.progress.observe(obs)
@@ -357,7 +363,7 @@ class Trainer:
         if committed is not None and self.dist.is_main:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
-            self.ckpt.evaluate_stage(committed.tag)
+            self.ckpt.evaluate_stage(committed.tag, index)
         if last:
             self.meter.close()
 

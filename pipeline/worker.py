@@ -13,6 +13,7 @@ from .data.prepare import PreparedCorpus, prepare_corpus
 from .engine import barrier, setup_distributed
 from .evaluate import format_table
 from .rundir import RunDir
+from .tensorboard import TensorBoardLog
 from .train import Trainer, TrainingStopped
 
 
@@ -46,6 +47,9 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
                       resume=resume)
     if until_stage is not None and until_stage not in [st.name for st in trainer.stages]:
         raise ValueError(f"--until-stage {until_stage}: no such stage ({[st.name for st in trainer.stages]})")
+    if dist.is_main:
+        # On resume, TensorBoard hides what a killed attempt logged after the checkpoint.
+        trainer.tb = TensorBoardLog(run.path, purge_step=trainer.counters.step + 1 if resume else None)
     try:
         finished = trainer.fit(until_stage)
     except TrainingStopped as exc:
@@ -54,14 +58,26 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         return 3
     except preemption.Preempted:
         return preemption.EXIT_PREEMPTED
+    finally:
+        if trainer.tb is not None:
+            trainer.tb.close()
     if dist.is_main and finished:
+        import json
+
+        from . import checkpoint as ckpt
         from .evaluation_run import evaluate_run
 
         groups = {d.name: d.group for d in corpus.manifest.directions}
+        found, _ = ckpt.discover(run.checkpoints)
         for split in recipe.eval.splits:
             if split == "dev":
                 continue  # scored at the end of the last stage already
-            results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
+            # The last stage's report scored this split with the same weights a moment ago.
+            done = run.eval_dir(found.path.name) / f"{split}.json" if found is not None else None
+            if done is not None and done.is_file():
+                results = json.loads(done.read_text())
+            else:
+                results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
             print(format_table(results, groups), flush=True)
     barrier()
     return 0

@@ -1,0 +1,126 @@
+"""`mmtc compare` on three real runs that differ only in seed: the table, the Pareto marks, paired
+bootstrap against a baseline (checked against sacrebleu's PairedTest), seed groups, and refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.significance import PairedTest
+
+from pipeline.compare import CompareRefused, compare_runs, labels_for, paired_bootstrap, pareto_front
+from pipeline.report import read_lines
+
+SAMPLES = 300
+
+
+def final_report(run_dir):
+    return json.loads((run_dir / "reports" / "stage-1-mix.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def compared(seed_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    a, b, c = seed_runs
+    page = compare_runs([b, c], out, baseline=a, seeds=True, samples=SAMPLES)
+    return out, page, json.loads((out / "compare.json").read_text())
+
+
+def test_table_holds_each_run_final_scores(compared, seed_runs):
+    out, page, doc = compared
+    assert page == out / "compare.html" and (out / "compare.md").is_file() and (out / "plots" / "pareto.png").is_file()
+    assert [r["label"] for r in doc["runs"]] == ["a", "b", "c"]  # the baseline first
+    for run, path in zip(doc["runs"], seed_runs):
+        rep = final_report(path)["splits"]["test"]
+        assert run["checkpoint"] == rep["checkpoint"] and run["stage"] == "mix"
+        for name, e in rep["directions"].items():
+            assert run["directions"][name] == {"bleu": e["bleu"], "chrf": e["chrf"]}
+        assert run["averages"]["lrl"]["chrf"] == rep["averages"]["lrl"]["chrf"]
+    md = (out / "compare.md").read_text()
+    assert "| run | stage | eng-rev (hrl)" in md and "avg hrl" in md and "avg lrl" in md
+    assert "difference from a" in md and "p=" in md and "±" in md
+    html = page.read_text()
+    assert "data:image/png;base64," in html and "Pareto" in html
+
+
+def test_seed_groups_report_mean_and_std(compared):
+    _, _, doc = compared
+    (group,) = doc["seed_groups"]  # a, b, c differ only in seed
+    assert group["runs"] == ["a", "b", "c"] and group["seeds"] == [3, 4, 5]
+    for name in doc["directions"]:
+        for m in ("bleu", "chrf"):
+            vals = [r["directions"][name][m] for r in doc["runs"]]
+            mean, std = group["directions"][name][m]
+            assert mean == pytest.approx(np.mean(vals)) and std == pytest.approx(np.std(vals, ddof=1))
+    # With --seeds the scatter shows the group mean, which is alone and so on the front.
+    assert [p["front"] for p in doc["pareto"]] == [{"bleu": True, "chrf": True}]
+
+
+def test_pareto_marks_without_seed_groups(seed_runs, tmp_path):
+    compare_runs(seed_runs, tmp_path)
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    assert doc["significance"] is None and doc["seed_groups"] is None
+    for m in ("bleu", "chrf"):
+        pts = [(r["averages"]["hrl"][m], r["averages"]["lrl"][m]) for r in doc["runs"]]
+        assert [p["front"][m] for p in doc["pareto"]] == pareto_front(pts)
+        assert [(p[m]["hrl"], p[m]["lrl"]) for p in doc["pareto"]] == pts
+
+
+def test_bootstrap_matches_sacrebleu_paired_test(compared, seed_runs):
+    _, _, doc = compared
+    sig = doc["significance"]
+    assert sig["baseline"] == "a" and set(sig["runs"]) == {"b", "c"} and sig["samples"] == SAMPLES
+    a, b, c = seed_runs
+    for name in doc["directions"]:
+        e = final_report(a)["splits"]["test"]["directions"][name]
+        refs = read_lines(a / e["references"])
+        systems = [("a", read_lines(a / e["hypotheses"]))] + [
+            (lab, read_lines(p / final_report(p)["splits"]["test"]["directions"][name]["hypotheses"]))
+            for lab, p in (("b", b), ("c", c))]
+        _, scores = PairedTest(systems, {"bleu": BLEU(), "chrf": CHRF()}, [refs], test_type="bs",
+                               n_samples=SAMPLES)()
+        keys = [k for k in scores if k != "System"]
+        for i, lab in enumerate(("b", "c"), start=1):
+            for m, key in zip(("bleu", "chrf"), keys):
+                got = sig["runs"][lab][name][m]
+                assert got["p"] == round(scores[key][i].p_value, 4)
+                assert got["delta"] == round(scores[key][i].score - scores[key][0].score, 2)
+                assert got["ci"][0] <= got["ci"][1]
+                assert got["significant"] == (got["p"] < 0.05 and (got["ci"][0] > 0 or got["ci"][1] < 0))
+                assert doc["runs"][i]["directions"][name][m] == pytest.approx(got["score"], abs=0.011)
+
+
+def test_different_signatures_are_refused(seed_runs, tmp_path):
+    b = shutil.copytree(seed_runs[1], tmp_path / "b")
+    compare_runs([seed_runs[0], b], tmp_path / "ok")  # writes b's reports if they are not there yet
+    path = b / "reports" / "stage-1-mix.json"
+    path.write_text(path.read_text().replace("version:2.6.0", "version:2.4.0").replace(
+        "tok:13a", "tok:intl"))
+    with pytest.raises(CompareRefused, match=r"different sacrebleu BLEU signatures \(tok: 13a vs intl, version: "
+                                             r"2\.[0-9.]+ vs 2\.4\.0\)"):
+        compare_runs([seed_runs[0], b], tmp_path / "out")
+
+
+def test_different_test_sets_are_refused(seed_runs, tmp_path):
+    b = shutil.copytree(seed_runs[1], tmp_path / "b")
+    shutil.rmtree(b / "reports", ignore_errors=True)
+    config = b / "config.yaml"
+    config.write_text(config.read_text().replace("  max_sentences: 20\n", "  max_sentences: 10\n"))
+    with pytest.raises(CompareRefused, match=r"different test sets: eng-\w+ has 20 references .* and 10 "):
+        compare_runs([seed_runs[0], b], tmp_path / "out")
+
+
+def test_an_identical_system_is_not_significant():
+    """sacrebleu's bootstrap gives p = 1/(n+1) for a copy of the baseline; the CI must overrule it."""
+    refs = ["the cat sat on the mat", "a dog ran", "hello world there"] * 10
+    hyps = ["the cat sat on a mat", "a dog runs", "hello world"] * 10
+    res = paired_bootstrap(hyps, [("same", hyps), ("empty", [""] * 30)], refs, 200)
+    assert res["same"]["bleu"]["p"] < 0.05 and res["same"]["bleu"]["ci"] == [0.0, 0.0]
+    assert not res["same"]["bleu"]["significant"] and not res["same"]["chrf"]["significant"]
+    assert res["empty"]["chrf"]["significant"] and res["empty"]["chrf"]["delta"] < 0
+
+
+def test_labels_are_the_shortest_distinct_suffixes(tmp_path):
+    paths = [tmp_path / "x" / "seed1", tmp_path / "y" / "seed1", tmp_path / "y" / "seed2"]
+    assert labels_for(paths) == ["x/seed1", "y/seed1", "y/seed2"]
