@@ -15,7 +15,10 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from machine import hardware
 
 POLICIES: dict[str, dict] = {
     "temperature_t1": {"kind": "temperature", "params": {"temperature": 1.0}},
@@ -60,14 +63,19 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/work/policies")
     ap.add_argument("--only", default="", help="comma-separated policy names")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="policies trained at once (e.g. several on one GPU; give each train.threads)")
+    ap.add_argument("--results", default="benchmarks/results/policy_table.json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [p for p in POLICIES if not args.only or p in args.only.split(",")]
-    results = []
-    for name in chosen:
+    def one(name: str) -> dict:
         print(f"running {name} ...", flush=True)
-        results.append(run_one(name, POLICIES[name], args, out))
+        return run_one(name, POLICIES[name], args, out)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(one, chosen))
     dirs = list(results[0]["bleu"])
     print(f"\ntest BLEU after {args.steps} steps ({args.recipe})")
     print(f"{'policy':<22}" + "".join(f"{d[4:]:>6}" for d in dirs) + f"{'hrl':>7}{'lrl':>7}{'all':>7}")
@@ -79,9 +87,10 @@ def main() -> None:
     for r in results:
         for step, p in r["trajectory"].items():
             print(f"{r['policy']:<22}{step:>6}  " + " ".join(f"{d[4:]}={p.get(d, 0):.3f}" for d in dirs))
-    dest = Path("benchmarks/results/policy_table.json")
+    dest = Path(args.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "results": results}, indent=1))
+    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "overrides": args.set,
+                                "hardware": hardware(), "results": results}, indent=1))
     print(f"\nwritten {dest}")
 
 

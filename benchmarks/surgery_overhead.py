@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import hardware
+
 CONFIGS = {
     "plain": "{method: none}",
     "pcgrad T=2": "{method: pcgrad, tasks: groups}",
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--out", default="benchmarks/work/surgery")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--results", default="benchmarks/results/surgery_overhead.json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,8 +56,10 @@ def main() -> None:
     print(f"{'configuration':<16}{'s/step':>9}{'× plain':>9}")
     for name, t in results.items():
         print(f"{name:<16}{t:>9.3f}{t / base:>9.2f}")
-    dest = Path("benchmarks/results/surgery_overhead.json")
+    dest = Path(args.results)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": "fp32",
+                                "hardware": hardware(), "overrides": args.set,
                                 "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()}},
                                indent=1))
     print(f"written {dest}")

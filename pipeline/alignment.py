@@ -88,7 +88,7 @@ class GradientProbe:
         """[len(a), len(b)] dot products, each rank on its slice, summed with one all-reduce."""
         sa = torch.stack([self._slice(x) for x in a]).double()
         sb = torch.stack([self._slice(x) for x in b]).double()
-        return all_reduce_sum(sa @ sb.T).numpy()
+        return all_reduce_sum(sa @ sb.T).cpu().numpy()
 
     def gradients(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, Any]:
         train = [self.flat_grad(self._batch("train", n, step, 1))[0] for n in names]

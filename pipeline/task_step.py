@@ -81,11 +81,11 @@ class TaskStep:
         s = shards.double()
         grams = []
         for block in self.blocks:
-            g = torch.zeros(len(s), len(s), dtype=torch.float64)
+            g = torch.zeros(len(s), len(s), dtype=torch.float64, device=s.device)
             for a, b in block:
                 g += s[:, a:b] @ s[:, a:b].T
             grams.append(g)
-        return all_reduce_sum(torch.stack(grams)).numpy()
+        return all_reduce_sum(torch.stack(grams)).cpu().numpy()
 
     def _rows(self, mb: Batch, mask: torch.Tensor) -> tuple[Batch, float]:
         idx = torch.nonzero(mask).squeeze(1)
@@ -164,16 +164,16 @@ class TaskStep:
                 c = surgery.pcgrad(grams.sum(0), rng_for(t.recipe.seed, step, _ORDER))
             else:
                 c = surgery.target_projection(grams.sum(0))
-            return (torch.as_tensor(c, dtype=torch.float64) @ vectors.double()).float()
+            return (torch.as_tensor(c, dtype=torch.float64, device=vectors.device) @ vectors.double()).float()
         if cfg.method == "graddrop":
-            u = torch.from_numpy(rng_for(t.recipe.seed, step, t.dist.rank, _DROP).random(vectors.shape[1]))
+            u = torch.from_numpy(rng_for(t.recipe.seed, step, t.dist.rank, _DROP).random(vectors.shape[1])).to(vectors.device)
             return surgery.graddrop(vectors.double(), u, cfg.leak).float()
-        out = torch.zeros(vectors.shape[1], dtype=torch.float64)
+        out = torch.zeros(vectors.shape[1], dtype=torch.float64, device=vectors.device)
         rng = rng_for(t.recipe.seed, step, _ORDER)
         for b, block in enumerate(self.blocks):
             c, self.phi_hat[b] = surgery.gradvac(grams[b], self.phi_hat[b], cfg.beta, rng)
             for a, z in block:
-                out[a:z] = torch.as_tensor(c, dtype=torch.float64) @ vectors[:, a:z].double()
+                out[a:z] = torch.as_tensor(c, dtype=torch.float64, device=vectors.device) @ vectors[:, a:z].double()
         return out.float()
 
     def state_dict(self) -> dict[str, Any]:

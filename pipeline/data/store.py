@@ -68,7 +68,13 @@ def save_split(path: Path, split: TokenSplit) -> None:
         if split.texts is not None:
             (tmp / "texts.json").write_text(json.dumps(split.texts, ensure_ascii=False))
         (tmp / "meta.json").write_text(json.dumps(split.meta or {}, indent=1))
-        os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "meta.json").is_file():
+                raise
+            # Another process (a concurrent run sharing the cache) wrote the same entry first.
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
