@@ -43,14 +43,20 @@ def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> d
     for s in sets:
         cmd += ["--set", s]
     t0 = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    if not args.collect_only:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return collect(name, sampling, run_dir, time.time() - t0)
+
+
+def collect(name: str, sampling: dict, run_dir: Path, seconds: float) -> dict:
+    """The table's row from a finished run directory."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "p" in r]
     marks = sorted({train[0]["step"], train[len(train) // 2]["step"], train[-1]["step"]})
     trajectory = {str(r["step"]): r.get("loss_weights", r["p"]) for r in train if r["step"] in marks}
-    tag = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    test = json.loads((run_dir / "eval" / tag / "test.json").read_text())
-    return {"policy": name, "sampling": sampling, "seconds": round(time.time() - t0, 1),
+    # Tags start with the zero-padded step: the last one holds the final weights' test scores.
+    test = json.loads(sorted((run_dir / "eval").glob("*/test.json"))[-1].read_text())
+    return {"policy": name, "sampling": sampling, "seconds": round(seconds, 1),
             "bleu": {k: v["bleu"] for k, v in test["directions"].items()},
             "chrf": {k: v["chrf"] for k, v in test["directions"].items()},
             "averages": test["averages"], "trajectory": trajectory}
@@ -66,6 +72,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1,
                     help="policies trained at once (e.g. several on one GPU; give each train.threads)")
     ap.add_argument("--results", default="benchmarks/results/policy_table.json")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: tabulate the finished runs under --out (e.g. after resuming them)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ CONFIGS = {
     "pcgrad T=8": "{method: pcgrad, tasks: directions}",
     "gradvac T=8": "{method: gradvac, tasks: directions}",
     "graddrop T=8": "{method: graddrop, tasks: directions}",
+    "target_projection T=2": "{method: target_projection, tasks: groups}",
+    "target_projection T=8": "{method: target_projection, tasks: directions}",
 }
 
 
@@ -48,15 +50,23 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/work/surgery")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--results", default="benchmarks/results/surgery_overhead.json")
+    ap.add_argument("--only", default="", help="comma-separated configurations; the others are kept from --results")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {name: step_time(name, s, args, out) for name, s in CONFIGS.items()}
+    dest = Path(args.results)
+    only = [c for c in args.only.split(",") if c]
+    unknown = sorted(set(only) - set(CONFIGS))
+    if unknown:
+        ap.error(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+    results = json.loads(dest.read_text())["seconds_per_step"] if only and dest.is_file() else {}
+    for name, s in CONFIGS.items():
+        if not only or name in only:
+            results[name] = step_time(name, s, args, out)
     base = results["plain"]
     print(f"{'configuration':<16}{'s/step':>9}{'× plain':>9}")
     for name, t in results.items():
         print(f"{name:<16}{t:>9.3f}{t / base:>9.2f}")
-    dest = Path(args.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": "fp32",
                                 "hardware": hardware(), "overrides": args.set,

@@ -96,6 +96,8 @@ def load_run_data(run: RunDir) -> RunData:
         end_step = data.finals[i]["step"] if i in data.finals else (ends[-1]["step"] if ends else None)
         end = next((e for e in reversed(ends) if e["step"] == end_step), None)
         seen = [n for r in data.train_rows if r.get("stage") == st.name for n in r.get("p", {})]
+        if not run.checkpoints.is_dir() and end_step is not None:
+            tags.update(_tag_from_report(run, i, st.name, end_step))
         data.stages.append(Stage(
             i, st.name, tags.get(i), starts[-1]["step"] if starts else prev_end, end_step,
             starts[-1].get("directions") if starts else list(dict.fromkeys(seen)),
@@ -103,6 +105,16 @@ def load_run_data(run: RunDir) -> RunData:
             bool(starts or seen or end_step is not None)))
         prev_end = end_step if end_step is not None else prev_end
     return data
+
+
+def _tag_from_report(run: RunDir, index: int, name: str, end_step: int) -> dict[int, str]:
+    """A run directory copied without its checkpoints (they are the heavy part) still compares:
+    the report written at the stage end names the stage-final checkpoint it scored."""
+    path = run.path / "reports" / f"{stage_stem(index, name)}.json"
+    if not path.is_file():
+        return {}
+    stage = json.loads(path.read_text())["stage"]
+    return {index: stage["checkpoint"]} if stage.get("end_step") == end_step else {}
 
 
 class CorpusSource:

@@ -124,3 +124,17 @@ def test_an_identical_system_is_not_significant():
 def test_labels_are_the_shortest_distinct_suffixes(tmp_path):
     paths = [tmp_path / "x" / "seed1", tmp_path / "y" / "seed1", tmp_path / "y" / "seed2"]
     assert labels_for(paths) == ["x/seed1", "y/seed1", "y/seed2"]
+
+
+def test_run_dirs_copied_without_checkpoints_still_compare(seed_runs, tmp_path):
+    """Run directories fetched from a cluster without their (heavy) checkpoints: the reports
+    written at each stage end name the checkpoint they scored, and the comparison is the same."""
+    stripped = []
+    for path in seed_runs[:2]:
+        copy = shutil.copytree(path, tmp_path / "runs" / path.name, ignore=shutil.ignore_patterns("checkpoints"))
+        stripped.append(copy)
+    compare_runs(seed_runs[:2], tmp_path / "full")
+    compare_runs(stripped, tmp_path / "stripped")
+    full, bare = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("full", "stripped"))
+    assert [r["directions"] for r in bare["runs"]] == [r["directions"] for r in full["runs"]]
+    assert [r["checkpoint"] for r in bare["runs"]] == [final_report(p)["stage"]["checkpoint"] for p in seed_runs[:2]]
