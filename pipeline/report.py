@@ -14,12 +14,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
 from .config import RecipeConfig
+from .hostinfo import version
 from .rundir import RunDir
 from .typed_yaml import to_plain
 
@@ -220,13 +220,6 @@ def _training(data: RunData, st: Stage) -> dict[str, Any]:
     return {"steps": end - st.start_step, "tokens": tokens, "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "skipped_steps": skipped,
             "final_lr": rows[-1]["lr"] if rows else None, "final_train_loss": rows[-1]["loss"] if rows else None}
-
-
-def version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def stage_report(data: RunData, st: Stage, source: CorpusSource, prev: dict[str, Any] | None = None,

@@ -4,10 +4,7 @@ embedded as data URIs, also saved under reports/plots/), plus the HTML helpers c
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
-import os
-import platform
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import plots
 from .checkpoint import atomic_write_text
+from .hostinfo import environment
 
 if TYPE_CHECKING:
     from .report import RunData
@@ -105,27 +103,6 @@ def _md_d(d: dict[str, float], key: str, nd: int = 2) -> str:
     return f"{d[key]:+.{nd}f}" if key in d else "–"
 
 
-def environment() -> dict[str, str]:
-    """Where the report is generated (versions are read from package metadata: importing
-    DeepSpeed only to print its version would cost seconds)."""
-    from .report import version
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-           "cpu cores": str(os.cpu_count())}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            env["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    except ImportError:
-        pass
-    for p in ("mmt-curriculum", "torch", "deepspeed", "sacrebleu", "sentencepiece", "numpy", "matplotlib"):
-        env[p] = version(p) or "not installed"
-    return env
 
 
 def _static_tau(data: RunData) -> dict[str, float | None]:
@@ -237,7 +214,7 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
     trained = {"python": data.meta.get("python"), "platform": data.meta.get("platform"),
                "processes": final.get("world"), "ZeRO stage": final.get("zero_stage"),
                "precision": data.recipe.train.precision, "deepspeed config": data.recipe.deepspeed.config,
-               **{k: v for k, v in data.meta.items() if k in ("versions", "hardware")}}
+               **data.meta.get("hardware", {})}  # runs created before run.json held it show less
     body += ["<h3>Training</h3>", table(["", ""], [[k, str(v)] for k, v in trained.items()]),
              "<h3>This report was generated with</h3>", table(["", ""], [[k, v] for k, v in environment().items()])]
     body += ["<h2>Data</h2>", f"<p>manifest <code>{esc(data.summary.get('manifest'))}</code></p>",

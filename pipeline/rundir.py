@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .config import RecipeConfig, recipe_from_plain, recipe_to_plain
+from .hostinfo import environment
 
 
 class RunDirError(RuntimeError):
@@ -75,6 +76,7 @@ class RunDir:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "argv": sys.argv,
+            "hardware": environment(),
         }
         self.meta.write_text(json.dumps(meta, indent=1))
 
