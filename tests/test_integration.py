@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,12 +25,17 @@ def zero2_run(tmp_path_factory, mmtc_env):
     root = tmp_path_factory.mktemp("zero2")
     recipe = tiny_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
     run_dir = root / "run"
+    before = shm_buffers()
     proc = mmtc(["run", str(recipe), "--run-dir", str(run_dir), "--nproc", "2"], mmtc_env, root)
-    return root, run_dir, proc
+    return root, run_dir, proc, shm_buffers() - before
+
+
+def shm_buffers():
+    return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
 
 
 def test_two_process_zero2_training_learns_and_checkpoints(zero2_run):
-    root, run_dir, proc = zero2_run
+    root, run_dir, proc, _ = zero2_run
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(5, 41, 5))
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
@@ -44,7 +50,7 @@ def test_two_process_zero2_training_learns_and_checkpoints(zero2_run):
 
 
 def test_eval_writes_bleu_and_chrf_per_direction(zero2_run, mmtc_env):
-    root, run_dir, _ = zero2_run
+    root, run_dir, *_ = zero2_run
     proc = mmtc(["eval", str(run_dir), "--split", "dev", "--max-sentences", "10"], mmtc_env, root)
     result = json.loads((run_dir / "eval" / "step00000040-main-final" / "dev.json").read_text())
     assert set(result["directions"]) == {"eng-rev", "eng-upp", "eng-pig"}
@@ -57,15 +63,20 @@ def test_eval_writes_bleu_and_chrf_per_direction(zero2_run, mmtc_env):
 
 
 def test_translate_reads_stdin(zero2_run, mmtc_env):
-    root, run_dir, _ = zero2_run
+    root, run_dir, *_ = zero2_run
     proc = mmtc(["translate", str(run_dir), "--src", "eng", "--tgt", "rev"], mmtc_env, root,
                 stdin="the cat sees the dog\nbig red house\n")
     assert len(proc.stdout.strip().splitlines()) == 2
 
 
 def test_existing_run_dir_is_refused(zero2_run, mmtc_env):
-    root, run_dir, _ = zero2_run
+    root, run_dir, *_ = zero2_run
     before = sorted(p.name for p in run_dir.iterdir())
     proc = mmtc(["run", str(root / "recipe.yaml"), "--run-dir", str(run_dir)], mmtc_env, root, check=False)
     assert proc.returncode == 2 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_no_shared_memory_is_left_behind(zero2_run):
+    """DeepSpeed's CPU all-reduce buffers (66 MB of RAM per rank) must not outlive the run."""
+    assert zero2_run[3] == set()
