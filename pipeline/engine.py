@@ -337,9 +337,25 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In place, and returned. NCCL reduces only GPU tensors: the trainer's counters live on the CPU,
+    so under NCCL they make a round trip through the GPU."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if t.device.type == "cpu" and dist.get_backend() == "nccl":
+            on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def peak_memory_mb(device: torch.device) -> list[float]:
+    """[peak resident host memory, peak GPU memory allocated] of this process, in MB."""
+    import resource
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return [host, gpu]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

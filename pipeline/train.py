@@ -23,7 +23,7 @@ from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
 from .devloss import DevLoss
-from .engine import Dist, Engine, all_reduce_sum
+from .engine import Dist, Engine, all_reduce_sum, peak_memory_mb
 from .model import Seq2SeqTransformer, resolve_arch
 from .monitors import Observation
 from .progress import Progress
@@ -238,6 +238,10 @@ class Trainer:
     def log(self) -> None:
         acc = all_reduce_sum(self._acc.clone())
         self._acc.zero_()
+        # Every rank's peak memory, for ZeRO comparisons: each fills its own row of a summed table.
+        memory = torch.zeros(self.dist.world, 2, dtype=torch.float64)
+        memory[self.dist.rank] = torch.tensor(peak_memory_mb(self.dist.device), dtype=torch.float64)
+        memory = all_reduce_sum(memory)
         if not self.dist.is_main:
             return
         assert self.stream is not None and self.stream.p is not None and self.progress is not None
@@ -255,6 +259,8 @@ class Trainer:
             "step_s": elapsed / max(1, steps),
             "tokens": self.counters.tokens,
             "skipped_steps": self.counters.skipped_steps,
+            "peak_host_mb": [round(float(x), 1) for x in memory[:, 0]],
+            **({"peak_gpu_mb": [round(float(x), 1) for x in memory[:, 1]]} if self.dist.device.type == "cuda" else {}),
             "directions": {
                 n: {"loss": float(acc[0, i] / tokens[i]), "nll": float(acc[1, i] / tokens[i]), "tokens": int(tokens[i])}
                 for i, n in enumerate(self.names) if tokens[i] > 0

@@ -41,6 +41,8 @@ def test_two_process_zero2_training_learns_and_checkpoints(zero2_run):
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
     assert set(rows[-1]["directions"]) == {"eng-rev", "eng-upp", "eng-pig"}
     assert abs(sum(rows[-1]["p"].values()) - 1) < 1e-6
+    peaks = rows[-1]["peak_host_mb"]  # every rank's own peak, gathered for the ZeRO comparisons
+    assert len(peaks) == 2 and all(100 < mb < 20_000 for mb in peaks), peaks
     tags = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]
     assert [t.name for t in tags] == ["step00000040-main-final"]
     commit = json.loads((tags[0] / "COMMIT.json").read_text())
