@@ -27,7 +27,7 @@ CONFIGS = ["zero0", "zero1", "zero2", "zero3", "zero3_offload"]
 def peak(name: str, args: argparse.Namespace, out: Path) -> dict[str, list[float]]:
     run_dir = out / name
     sets = ["stages=[]", f"deepspeed.config={name}", f"model.preset={args.preset}", f"train.max_steps={args.steps}",
-            f"train.log_every={args.steps}", "train.eval_every=0", "eval.splits=[]",
+            f"train.log_every={args.steps}", "train.eval_every=0", "eval.splits=[]", "eval.stage_end=false",
             f"train.precision={args.precision}", *args.set]
     cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite",
            "--nproc", "2"]

@@ -182,6 +182,7 @@ class EvalConfig:
     max_sentences: int | None = None  # per direction and split; None evaluates everything
     splits: list[str] = field(default_factory=lambda: ["test"])
     baseline: bool = True  # also score the copy-the-source baseline
+    stage_end: bool = True  # dev BLEU/chrF and the stage report at every stage end (false: timing runs)
 
     def check(self, path: str) -> Check:
         out: Check = []

@@ -369,7 +369,8 @@ class Trainer:
         if committed is not None and self.dist.is_main:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
-            self.ckpt.evaluate_stage(committed.tag, index)
+            if self.recipe.eval.stage_end:
+                self.ckpt.evaluate_stage(committed.tag, index)
         if last:
             self.meter.close()
 

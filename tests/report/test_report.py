@@ -184,3 +184,21 @@ def test_tensorboard_is_a_no_op_without_the_package(tmp_path, monkeypatch):
     tb.close()
     assert not (tmp_path / "tensorboard").exists()
     assert flatten({"a": {"b": 1, "c": "x", "d": None, "e": True}, "f": 2.5}) == {"a/b": 1.0, "f": 2.5}
+
+
+def test_stage_end_evaluation_can_be_switched_off(tmp_path, mmtc_env):
+    """eval.stage_end: false (timing runs): no stage-end decoding and no reports; the run's final
+    evaluation (eval.splits) still happens, and `mmtc report` can write the reports later."""
+    import subprocess
+    import sys
+
+    from corpus_factory import two_stage_recipe, write_corpus
+
+    recipe = two_stage_recipe(tmp_path, write_corpus(tmp_path), extra="eval: {stage_end: false}\n")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(recipe), "--run-dir", str(run)],
+                          env=mmtc_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (run / "reports").exists()
+    evals = sorted(p.relative_to(run / "eval").as_posix() for p in (run / "eval").glob("*/*.json"))
+    assert evals == [f"{sorted(p.name for p in (run / 'eval').iterdir())[-1]}/test.json"], evals
