@@ -350,12 +350,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def peak_memory_mb(device: torch.device) -> list[float]:
-    """[peak resident host memory, peak GPU memory allocated] of this process, in MB."""
+    """[peak resident host memory, peak GPU memory allocated, resident host memory now] of this
+    process, in MB. The peak holds start-up transients (DeepSpeed flattens copies of the weights);
+    the resident size between steps shows what the optimizer's partitioning keeps."""
     import resource
 
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    return [host, gpu]
+    try:
+        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        now = 0.0  # not Linux
+    return [host, gpu, now]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -239,7 +239,7 @@ class Trainer:
         acc = all_reduce_sum(self._acc.clone())
         self._acc.zero_()
         # Every rank's peak memory, for ZeRO comparisons: each fills its own row of a summed table.
-        memory = torch.zeros(self.dist.world, 2, dtype=torch.float64)
+        memory = torch.zeros(self.dist.world, 3, dtype=torch.float64)
         memory[self.dist.rank] = torch.tensor(peak_memory_mb(self.dist.device), dtype=torch.float64)
         memory = all_reduce_sum(memory)
         if not self.dist.is_main:
@@ -260,6 +260,7 @@ class Trainer:
             "tokens": self.counters.tokens,
             "skipped_steps": self.counters.skipped_steps,
             "peak_host_mb": [round(float(x), 1) for x in memory[:, 0]],
+            "host_mb": [round(float(x), 1) for x in memory[:, 2]],
             **({"peak_gpu_mb": [round(float(x), 1) for x in memory[:, 1]]} if self.dist.device.type == "cuda" else {}),
             "directions": {
                 n: {"loss": float(acc[0, i] / tokens[i]), "nll": float(acc[1, i] / tokens[i]), "tokens": int(tokens[i])}
