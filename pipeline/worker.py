@@ -70,7 +70,7 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         groups = {d.name: d.group for d in corpus.manifest.directions}
         found, _ = ckpt.discover(run.checkpoints)
         for split in recipe.eval.splits:
-            if split == "dev":
+            if split == "dev" and recipe.eval.stage_end:
                 continue  # scored at the end of the last stage already
             # The last stage's report scored this split with the same weights a moment ago.
             done = run.eval_dir(found.path.name) / f"{split}.json" if found is not None else None

@@ -172,13 +172,20 @@ def zero_tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_two_process_zero2_kill_and_resume(tmp_path, mmtc_env):
+@pytest.fixture(scope="module")
+def zero2_reference(tmp_path_factory, mmtc_env):
+    """The uninterrupted 2-process ZeRO-2 run both interrupted runs below are held against."""
+    root = tmp_path_factory.mktemp("zero2")
+    recipe = two_stage_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
+    mmtc(["run", str(recipe), "--run-dir", str(root / "ref"), "--nproc", "2"], mmtc_env, root)
+    return root, recipe, root / "ref"
+
+
+def test_two_process_zero2_kill_and_resume(zero2_reference, mmtc_env):
     """Under ZeRO-2 with 2 processes the resumed run is also exact: the same reduction order on
     the same shards gives the same bits, so the documented tolerance is zero."""
-    root = tmp_path
-    recipe = two_stage_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
-    ref, run = root / "ref2", root / "killed2"
-    mmtc(["run", str(recipe), "--run-dir", str(ref), "--nproc", "2"], mmtc_env, root)
+    root, recipe, ref = zero2_reference
+    run = root / "killed2"
     proc = mmtc(["run", str(recipe), "--run-dir", str(run), "--nproc", "2"], mmtc_env, root, fault="kill@5",
                 check=False)
     assert proc.returncode != 0
@@ -190,13 +197,11 @@ def test_two_process_zero2_kill_and_resume(tmp_path, mmtc_env):
     assert metric_rows(run, 5) == metric_rows(ref, 5)
 
 
-def test_signal_on_one_rank_stops_all_ranks_at_the_same_step_and_resume_finishes(tmp_path, mmtc_env):
+def test_signal_on_one_rank_stops_all_ranks_at_the_same_step_and_resume_finishes(zero2_reference, mmtc_env):
     """SIGUSR1 reaches the last rank only (a real signal, sent during step 5): both ranks stop after
     that step with a committed checkpoint and exit code 85; resuming gives the uninterrupted result."""
-    root = tmp_path
-    recipe = two_stage_recipe(root, write_corpus(root), extra="deepspeed: {config: zero2}\n")
-    ref, run = root / "ref", root / "sig"
-    mmtc(["run", str(recipe), "--run-dir", str(ref), "--nproc", "2"], mmtc_env, root)
+    root, recipe, ref = zero2_reference
+    run = root / "sig"
     proc = mmtc(["run", str(recipe), "--run-dir", str(run), "--nproc", "2"], mmtc_env, root, fault="sigusr1@5",
                 check=False)
     assert proc.returncode == 85, proc.stdout + proc.stderr

@@ -23,9 +23,8 @@ from pipeline.data.demo import (
     clean_segment,
     demo_root,
     eval_size,
-    read_mo,
-    read_mo_raw,
 )
+from pipeline.data.mo import read_mo, read_mo_raw
 
 
 def write_mo(entries: list[tuple[bytes, bytes]], order: str = "<") -> bytes:
