@@ -3,9 +3,16 @@ and the trajectory of each policy's distribution.
 
     python benchmarks/policy_table.py --steps 400 --out benchmarks/work/policies
     python benchmarks/policy_table.py --recipe stages/demo.yaml --set data.corpus=... --steps 2000
+    python benchmarks/policy_table.py --steps 1300 --only scaling_law,excess_dro --merge
 
 Each policy runs as one single-stage `mmtc run` of the recipe (its stages replaced), then the
-table is printed and written to benchmarks/results/policy_table.json.
+table is printed and written to benchmarks/results/policy_table.json (`--merge`: only the rows
+run now are replaced, each row records the hardware it ran on).
+
+`excess_dro` takes its reference losses from this table's `temperature_t1` run under --out (train
+it first, or point `--reference` at any finished run). `scaling_law` first runs `mmtc sweep` (short
+runs at --sweep-ratios of the low-resource share, --sweep-steps each), `mmtc scaling fit` and
+`mmtc scaling solve`, then trains with the solved weights; the sweep is reused when present.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 from machine import hardware
 
@@ -32,7 +41,40 @@ POLICIES: dict[str, dict] = {
     "multidds": {"kind": "multidds", "params": {"lr": 0.05, "probe_tokens": 1000}, "every": 50},
     "cats": {"kind": "cats", "params": {"probe_tokens": 1000}, "every": 50},
     "chi2_dro_loss_weight": {"kind": "chi2_dro", "params": {"rho": 0.05}, "every": 50, "apply": "loss_weight"},
+    "excess_dro": {"kind": "excess_dro", "params": {"eta": 0.01, "reference_from": "{reference}"}, "every": 10},
+    "scaling_law": {"kind": "weights", "params": {"weights": "{solved}"}},
 }
+
+
+def mmtc(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def scaling_weights(args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """The sweep → fit → solve chain of Chen et al. (2023); its outputs stay under out/scaling_sweep."""
+    sweep_dir = out / "scaling_sweep"
+    sweep_json = sweep_dir / "sweep.json"
+    if not sweep_json.exists():
+        sets = [*args.set, f"train.max_steps={args.sweep_steps}", "eval.stage_end=false"]
+        print(f"scaling_law: sweep at ratios {args.sweep_ratios}, {args.sweep_steps} steps each", flush=True)
+        mmtc("sweep", args.recipe, "--ratios", args.sweep_ratios, "--out", str(sweep_dir),
+             *[x for s in sets for x in ("--set", s)])
+    print(mmtc("scaling", "fit", str(sweep_json)), flush=True)
+    solved = sweep_dir / "scaling.yaml"
+    print(mmtc("scaling", "solve", str(sweep_dir / "scaling_fit.json"), "--recipe", args.recipe,
+               "--out", str(solved)), flush=True)
+    return yaml.safe_load(solved.read_text())["sampling"]["params"]["weights"]
+
+
+def resolve(sampling: dict, args: argparse.Namespace, out: Path) -> dict:
+    """Fills the placeholders of POLICIES: the excess-loss reference run and the solved weights."""
+    params = dict(sampling.get("params", {}))
+    if params.get("reference_from") == "{reference}":
+        params["reference_from"] = args.reference or str(out / "temperature_t1")
+    if params.get("weights") == "{solved}":
+        params["weights"] = scaling_weights(args, out)
+    return {**sampling, "params": params}
 
 
 def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> dict:
@@ -45,7 +87,7 @@ def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> d
     t0 = time.time()
     if not args.collect_only:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return collect(name, sampling, run_dir, time.time() - t0)
+    return {**collect(name, sampling, run_dir, time.time() - t0), "hardware": hardware(), "overrides": args.set}
 
 
 def collect(name: str, sampling: dict, run_dir: Path, seconds: float) -> dict:
@@ -74,13 +116,18 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/policy_table.json")
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: tabulate the finished runs under --out (e.g. after resuming them)")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the rows run now in --results, keep the others")
+    ap.add_argument("--reference", default="", help="excess_dro's reference run (default: --out/temperature_t1)")
+    ap.add_argument("--sweep-ratios", default="0.1,0.3,0.5,0.7,0.9", help="scaling_law: low-resource shares")
+    ap.add_argument("--sweep-steps", type=int, default=600, help="scaling_law: steps of each sweep run")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [p for p in POLICIES if not args.only or p in args.only.split(",")]
     def one(name: str) -> dict:
         print(f"running {name} ...", flush=True)
-        return run_one(name, POLICIES[name], args, out)
+        return run_one(name, resolve(POLICIES[name], args, out), args, out)
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(one, chosen))
@@ -97,8 +144,15 @@ def main() -> None:
             print(f"{r['policy']:<22}{step:>6}  " + " ".join(f"{d[4:]}={p.get(d, 0):.3f}" for d in dirs))
     dest = Path(args.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "overrides": args.set,
-                                "hardware": hardware(), "results": results}, indent=1))
+    table = {"recipe": args.recipe, "steps": args.steps, "overrides": args.set, "hardware": hardware(), "results": []}
+    if args.merge and dest.exists():
+        table = json.loads(dest.read_text())
+        if (table["recipe"], table["steps"]) != (args.recipe, args.steps):
+            raise SystemExit(f"--merge: {dest} holds {table['recipe']} at {table['steps']} steps, not "
+                             f"{args.recipe} at {args.steps}")
+    fresh = {r["policy"] for r in results}
+    table["results"] = [r for r in table["results"] if r["policy"] not in fresh] + results
+    dest.write_text(json.dumps(table, indent=1))
     print(f"\nwritten {dest}")
 
 

@@ -5,8 +5,13 @@ against this machine's measured matmul peak.
 
     python benchmarks/throughput.py --preset tiny --precision fp32      # needs `pip install transformers`
     python benchmarks/throughput.py --preset base --precision bf16
+    bash benchmarks/setup_peers.sh   # once: a venv with fairseq 0.12.2; then fairseq-train is timed too
 
 Prints a table and writes benchmarks/results/throughput-<preset>-<precision>.json.
+
+Precision: fp32 is fp32 for everyone. bf16 is each system's own bf16 training: torch.autocast for the
+plain loops (ours and the HF peer), DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the
+optimizer) for mmtc's engine, and `--bf16` for fairseq.
 """
 
 from __future__ import annotations
@@ -68,6 +73,44 @@ def ours_loss(model, b, eps: float) -> tuple[torch.Tensor, int]:
     return loss_tok.sum(), b.tgt_tokens
 
 
+def engine_contender(args: argparse.Namespace, arch, vocab: int):
+    """mmtc's model inside its DeepSpeed engine, as `mmtc run` trains it (one process)."""
+    from pipeline.config import load_recipe
+    from pipeline.engine import Engine, setup_distributed
+
+    sets = [*args.set, f"model.preset={args.preset}", "model.dropout=0.1",
+            f"train.precision={'bf16' if args.precision == 'bf16' else 'fp32'}", "train.lr=1e-4",
+            "train.warmup_steps=0", "train.clip_norm=0"]
+    recipe = load_recipe(args.recipe, sets)
+    torch.manual_seed(0)
+    engine = Engine(Seq2SeqTransformer(arch, vocab, 0), recipe, setup_distributed(args.threads), 10**6)
+    engine.train()
+
+    def step(b) -> int:
+        engine.set_boundary(True)
+        loss_tok, _ = engine(b.src, b.tgt_in, b.tgt_out)
+        engine.backward(loss_tok.sum() / b.tgt_tokens)
+        engine.step()
+        return b.tgt_tokens
+
+    return step
+
+
+def plain_contender(model, lossf, ctx):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step(b) -> int:
+        with ctx():
+            loss, ntok = lossf(model, b, 0.1)
+        (loss / ntok).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return ntok
+
+    return step
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
@@ -78,13 +121,31 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def flops_per_step(arch, vocab: int, src_tokens: int, tgt_tokens: int) -> float:
-    """Forward + backward (3 × the forward) matmul FLOPs, output layer included."""
+def flops_per_step(arch, vocab: int, data: list) -> float:
+    """Forward + backward (3 × the forward) FLOPs of one batch on average: the projections and the
+    output layer on real tokens, and attention's two products (QKᵀ and AV) over the real key
+    length of each sentence (4·d FLOPs per query-key pair, all pairs counted, as PaLM's MFU does)."""
     d, f = arch.d_model, arch.ffn_dim
-    enc = arch.encoder_layers * (2 * (4 * d * d + 2 * d * f)) * src_tokens
-    dec = arch.decoder_layers * (2 * (6 * d * d + 2 * d * f)) * tgt_tokens + arch.decoder_layers * 2 * 2 * d * d * src_tokens
-    out = 2 * d * vocab * tgt_tokens
-    return 3.0 * (enc + dec + out)
+    total = 0.0
+    for b in data:
+        src_len, tgt_len = b.src.ne(0).sum(1).double(), b.tgt_in.ne(0).sum(1).double()
+        src, tgt = float(src_len.sum()), float(tgt_len.sum())
+        enc = arch.encoder_layers * (2 * (4 * d * d + 2 * d * f) * src + 4 * d * float((src_len**2).sum()))
+        dec = arch.decoder_layers * (2 * (6 * d * d + 2 * d * f) * tgt + 2 * 2 * d * d * src
+                                     + 4 * d * float((tgt_len**2).sum() + (tgt_len * src_len).sum()))
+        total += 3.0 * (enc + dec + 2 * d * vocab * tgt)
+    return total / len(data)
+
+
+def fairseq_row(args: argparse.Namespace, arch, data_dir: Path) -> dict | None:
+    """fairseq-train on the same corpus and shape, in its own venv (benchmarks/setup_peers.sh)."""
+    python = Path(args.fairseq_python)
+    if not python.exists():
+        print(f"fairseq: {python} not found (run benchmarks/setup_peers.sh); skipped")
+        return None
+    from fairseq_peer import measure
+
+    return measure(python, args, arch, data_dir)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -94,40 +155,38 @@ def run(args: argparse.Namespace) -> dict:
     amp = args.precision == "bf16"
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else nullcontext
     torch.manual_seed(0)
-    contenders = {"mmtc (plain loop)": (Seq2SeqTransformer(arch, vocab, 0), ours_loss),
-                  "hf MarianMT": (marian(arch, vocab), hf_loss)}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, (m, _) in contenders.items()}
+    ours, peer = Seq2SeqTransformer(arch, vocab, 0), marian(arch, vocab)
+    params = {"mmtc": sum(p.numel() for p in ours.parameters()), "hf MarianMT": sum(p.numel() for p in peer.parameters())}
+    contenders = {"mmtc (plain loop)": plain_contender(ours, ours_loss, ctx),
+                  "mmtc (DeepSpeed engine)": engine_contender(args, arch, vocab),
+                  "hf MarianMT": plain_contender(peer, hf_loss, ctx)}
     tokens = {k: 0 for k in contenders}
     seconds = {k: 0.0 for k in contenders}
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-        for name, (model, lossf) in contenders.items():
-            model.train()
+        for name, step in contenders.items():
             t0 = time.perf_counter()
-            n = 0
-            for b in data:
-                with ctx():
-                    loss, ntok = lossf(model, b, 0.1)
-                (loss / ntok).backward()
-                opts[name].step()
-                opts[name].zero_grad(set_to_none=True)
-                n += ntok
+            n = sum(step(b) for b in data)
             if r:
                 seconds[name] += time.perf_counter() - t0
                 tokens[name] += n
     peak = matmul_peak(torch.bfloat16 if amp else torch.float32)
-    src = sum(int(b.src.ne(0).sum()) for b in data) / len(data)
     tgt = sum(b.tgt_tokens for b in data) / len(data)
-    fps = flops_per_step(arch, vocab, int(src), int(tgt))
+    fps = flops_per_step(arch, vocab, data)
     rows = {}
     for name in contenders:
         tps = tokens[name] / seconds[name]
         step_s = seconds[name] / (args.rounds * len(data))
         rows[name] = {"target_tokens_per_s": round(tps, 1), "mfu": round(fps / step_s / peak, 4)}
-    best_peer = max(v["target_tokens_per_s"] for k, v in rows.items() if not k.startswith("mmtc"))
-    return {"preset": args.preset, "precision": args.precision, "threads": args.threads,
-            "params": {k: sum(p.numel() for p in m.parameters()) for k, (m, _) in contenders.items()},
-            "target_tokens_per_step": tgt, "matmul_peak_gflops": round(peak / 1e9, 1), "rows": rows,
-            "ratio_vs_best_peer": round(rows["mmtc (plain loop)"]["target_tokens_per_s"] / best_peer, 3),
+    fairseq = fairseq_row(args, arch, Path(args.fairseq_data))
+    if fairseq:
+        rows["fairseq 0.12.2"] = fairseq
+    peers = {k: v["target_tokens_per_s"] for k, v in rows.items() if not k.startswith("mmtc")}
+    best = max(peers, key=peers.get)
+    return {"preset": args.preset, "precision": args.precision, "threads": args.threads, "params": params,
+            "target_tokens_per_step": tgt, "flops_per_step": fps, "matmul_peak_gflops": round(peak / 1e9, 1),
+            "rows": rows, "best_peer": best,
+            "ratio_vs_best_peer": {k: round(v["target_tokens_per_s"] / peers[best], 3)
+                                   for k, v in rows.items() if k.startswith("mmtc")},
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
 
 
@@ -141,13 +200,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=["data.max_len=64", "tokenizer.vocab_size=8000"])
+    ap.add_argument("--fairseq-python", default="benchmarks/work/peers/bin/python",
+                    help="a Python with fairseq 0.12.2 (benchmarks/setup_peers.sh makes it)")
+    ap.add_argument("--fairseq-data", default="benchmarks/work/fairseq-data")
+    ap.add_argument("--fairseq-updates", type=int, default=60)
     args = ap.parse_args()
     res = run(args)
     print(f"{args.preset} {args.precision}, {args.threads} threads, {res['target_tokens_per_step']:.0f} target tokens a step, "
           f"matmul peak {res['matmul_peak_gflops']} GFLOP/s")
     for name, r in res["rows"].items():
-        print(f"  {name:<20}{r['target_tokens_per_s']:>10.0f} tok/s   MFU {100 * r['mfu']:.1f}%")
-    print(f"  mmtc / best peer: {res['ratio_vs_best_peer']:.2f}")
+        mfu = f"MFU {100 * r['mfu']:.1f}%" if "mfu" in r else "(its own batches)"
+        print(f"  {name:<26}{r['target_tokens_per_s']:>10.0f} tok/s   {mfu}")
+    for name, ratio in res["ratio_vs_best_peer"].items():
+        print(f"  {name} / {res['best_peer']}: {ratio:.2f}")
     dest = Path(f"benchmarks/results/throughput-{args.preset}-{args.precision}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(res, indent=1))

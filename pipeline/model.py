@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import DecoderLayer, EncoderLayer, Packing, dropout, xavier_blocks
+from .loss import smoothed_nll
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -51,6 +54,8 @@ def resolve_arch(cfg: ModelConfig) -> ModelArch:
 class EncoderOut(NamedTuple):
     memory: Tensor  # [B, S, D]
     src_pad_mask: Tensor  # [B, S] bool, True at pads
+    packed: Tensor | None = None  # memory's real rows [N, D], as `packing` lists them
+    packing: Packing | None = None
 
     def index_select(self, index: Tensor) -> EncoderOut:
         return EncoderOut(self.memory.index_select(0, index), self.src_pad_mask.index_select(0, index))
@@ -66,7 +71,7 @@ class DecoderCache:
 
     self_kv: Tensor  # [max_steps, L, N, 2, H, Dh]; positions < length are filled
     spare: Tensor  # flat buffer at least as large as self_kv, the target of the next reorder
-    cross_kv: Tensor  # [N, S, L, 2, H, Dh]
+    cross_kv: Tensor  # [L, 2, N, H, S, Dh], contiguous
     src_keep: Tensor  # [N, 1, 1, S] bool, True where attention is allowed
     length: int = 0
 
@@ -77,97 +82,6 @@ def sinusoids(length: int, dim: int) -> Tensor:
     angles = torch.arange(length, dtype=torch.float32)[:, None] * freq[None]
     table = torch.cat([angles.sin(), angles.cos()], dim=1)
     return F.pad(table, (0, dim - 2 * half))
-
-
-def _xavier_blocks(linear: nn.Linear, block: int) -> None:
-    # Fused projections are initialised as the separate d x d matrices they stand for.
-    for chunk in linear.weight.data.split(block, dim=0):
-        nn.init.xavier_uniform_(chunk)
-    nn.init.zeros_(linear.bias)
-
-
-class _FeedForward(nn.Module):
-    def __init__(self, d: int, ffn: int, activation_dropout: float) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.p = nn.Linear(d, ffn), nn.Linear(ffn, d), activation_dropout
-        _xavier_blocks(self.fc1, ffn)
-        _xavier_blocks(self.fc2, d)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.fc1(x), inplace=True)  # fc1's backward does not need its output
-        return self.fc2(F.dropout(h, self.p, self.training))
-
-
-class _SelfAttention(nn.Module):
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.p = heads, dropout
-        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        _xavier_blocks(self.qkv, d)
-        _xavier_blocks(self.out, d)
-
-    def forward(self, x: Tensor, keep: Tensor | None, causal: bool) -> Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        p = self.p if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, is_causal=causal)
-        return self.out(o.transpose(1, 2).reshape(b, t, d))
-
-    def step(self, x: Tensor, kv: Tensor, t: int) -> Tensor:
-        """x [N, D] is position t; kv [max_steps, N, 2, H, Dh] is this layer's cache."""
-        n, d = x.shape
-        qkv = self.qkv(x).view(n, 3, self.heads, -1)
-        kv[t] = qkv[:, 1:]
-        k, v = kv[: t + 1].permute(2, 1, 3, 0, 4).unbind(0)  # [N, H, t+1, Dh] views
-        p = self.p if self.training else 0.0
-        o = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v, dropout_p=p)
-        return self.out(o.reshape(n, d))
-
-
-class _EncoderLayer(nn.Module):
-    def __init__(self, a: ModelArch) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(a.d_model), nn.LayerNorm(a.d_model)
-        self.attn = _SelfAttention(a.d_model, a.heads, a.attention_dropout)
-        self.ffn = _FeedForward(a.d_model, a.ffn_dim, a.activation_dropout)
-        self.p = a.dropout
-
-    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
-        x = x + F.dropout(self.attn(self.ln1(x), keep, False), self.p, self.training)
-        return x + F.dropout(self.ffn(self.ln2(x)), self.p, self.training)
-
-
-class _DecoderLayer(nn.Module):
-    def __init__(self, a: ModelArch) -> None:
-        super().__init__()
-        d = a.d_model
-        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = _SelfAttention(d, a.heads, a.attention_dropout)
-        # The cross-attention K/V projection lives in the model, one GEMM for all layers.
-        self.cross_q, self.cross_out = nn.Linear(d, d), nn.Linear(d, d)
-        _xavier_blocks(self.cross_q, d)
-        _xavier_blocks(self.cross_out, d)
-        self.ffn = _FeedForward(d, a.ffn_dim, a.activation_dropout)
-        self.heads, self.p, self.attn_p = a.heads, a.dropout, a.attention_dropout
-
-    def _cross(self, x: Tensor, ckv: Tensor, keep: Tensor) -> Tensor:
-        """x [B, T, D]; ckv [B, S, 2, H, Dh]; keep [B, 1, 1, S]."""
-        b, t, d = x.shape
-        q = self.cross_q(x).view(b, t, self.heads, -1).transpose(1, 2)
-        k, v = ckv.permute(2, 0, 3, 1, 4).unbind(0)
-        p = self.attn_p if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)
-        return self.cross_out(o.transpose(1, 2).reshape(b, t, d))
-
-    def forward(self, x: Tensor, ckv: Tensor, keep: Tensor) -> Tensor:
-        x = x + F.dropout(self.self_attn(self.ln1(x), None, True), self.p, self.training)
-        x = x + F.dropout(self._cross(self.ln2(x), ckv, keep), self.p, self.training)
-        return x + F.dropout(self.ffn(self.ln3(x)), self.p, self.training)
-
-    def step(self, x: Tensor, kv: Tensor, t: int, ckv: Tensor, keep: Tensor) -> Tensor:
-        x = x + F.dropout(self.self_attn.step(self.ln1(x), kv, t), self.p, self.training)
-        x = x + F.dropout(self._cross(self.ln2(x)[:, None], ckv, keep)[:, 0], self.p, self.training)
-        return x + F.dropout(self.ffn(self.ln3(x)), self.p, self.training)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -183,10 +97,11 @@ class Seq2SeqTransformer(nn.Module):
             self.embed.weight[pad_id].zero_()
         self.scale = math.sqrt(d)
         self.register_buffer("positions", sinusoids(arch.max_positions, d), persistent=False)
-        self.encoder = nn.ModuleList(_EncoderLayer(arch) for _ in range(arch.encoder_layers))
-        self.decoder = nn.ModuleList(_DecoderLayer(arch) for _ in range(arch.decoder_layers))
+        a = (d, arch.heads, arch.ffn_dim, arch.dropout, arch.attention_dropout, arch.activation_dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(*a) for _ in range(arch.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(*a) for _ in range(arch.decoder_layers))
         self.cross_kv = nn.Linear(d, arch.decoder_layers * 2 * d)
-        _xavier_blocks(self.cross_kv, d)
+        xavier_blocks(self.cross_kv, d)
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
 
     @property
@@ -196,36 +111,47 @@ class Seq2SeqTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _embed(self, tokens: Tensor) -> Tensor:
-        t = tokens.shape[1]
-        if t > self.arch.max_positions:
-            raise ValueError(f"sequence of {t} tokens exceeds max_positions={self.arch.max_positions}")
-        # One fused kernel for scale-and-add; positions are absolute indices, valid with right padding.
-        e = self.embed(tokens)
+    def _embed(self, tokens: Tensor, packing: Packing) -> Tensor:
+        """Scaled embeddings plus positions of the real tokens, packed [N, D]."""
+        if packing.t > self.arch.max_positions:
+            raise ValueError(f"sequence of {packing.t} tokens exceeds max_positions={self.arch.max_positions}")
+        e = self.embed(tokens.reshape(-1).index_select(0, packing.rows))
         # DeepSpeed's bf16/fp16 modes cast parameters but keep buffers: match the embedding's dtype.
-        x = torch.add(self.positions[:t].to(e.dtype), e, alpha=self.scale)
-        return F.dropout(x, self.arch.dropout, self.training)
+        pos = self.positions.index_select(0, packing.positions()).to(e.dtype)
+        return dropout(torch.add(pos, e, alpha=self.scale), self.arch.dropout, self.training)
 
-    def _cross_kv(self, memory: Tensor) -> Tensor:
-        b, s, _ = memory.shape
-        return self.cross_kv(memory).view(b, s, len(self.decoder), 2, self.arch.heads, -1)
+    def _cross_kv(self, enc: EncoderOut) -> Tensor:
+        b, s, _ = enc.memory.shape
+        if enc.packed is not None and enc.packing is not None:
+            kv = enc.packing.pad(self.cross_kv(enc.packed))
+        else:
+            kv = self.cross_kv(enc.memory)
+        return kv.view(b, s, len(self.decoder), 2, self.arch.heads, -1)
 
     def encode(self, src: Tensor) -> EncoderOut:
         pad = src.eq(self.pad_id)
         keep = ~pad[:, None, None, :]
-        x = self._embed(src)
+        packing = Packing(src, self.pad_id)
+        x = self._embed(src, packing)
         for layer in self.encoder:
-            x = layer(x, keep)
-        return EncoderOut(self.enc_norm(x), pad)
+            x = layer(x, packing, keep)
+        x = self.enc_norm(x)
+        return EncoderOut(packing.pad(x), pad, x, packing)
+
+    def _decode(self, enc: EncoderOut, tgt_in: Tensor, packing: Packing) -> Tensor:
+        # unbind: its backward stacks the layers' gradients once, where indexing would zero-fill
+        # a full-size gradient per layer.
+        ckvs = self._cross_kv(enc).unbind(2)
+        keep = ~enc.src_pad_mask[:, None, None, :]
+        x = self._embed(tgt_in, packing)
+        for layer, ckv in zip(self.decoder, ckvs):
+            x = layer(x, packing, ckv, keep)
+        return self.dec_norm(x)
 
     def decoder_hidden(self, enc: EncoderOut, tgt_in: Tensor) -> Tensor:
-        """Final-LayerNorm decoder states [B, T, D] for teacher-forced `tgt_in`."""
-        ckv = self._cross_kv(enc.memory)
-        keep = ~enc.src_pad_mask[:, None, None, :]
-        x = self._embed(tgt_in)
-        for i, layer in enumerate(self.decoder):
-            x = layer(x, ckv[:, :, i], keep)
-        return self.dec_norm(x)
+        """Final-LayerNorm decoder states [B, T, D] for teacher-forced, right-padded `tgt_in` (0 at pads)."""
+        packing = Packing(tgt_in, self.pad_id)
+        return packing.pad(self._decode(enc, tgt_in, packing))
 
     def logprobs(self, h: Tensor) -> Tensor:
         # float32 log_softmax straight from (possibly bf16) logits, without a separate upcast copy.
@@ -233,29 +159,27 @@ class Seq2SeqTransformer(nn.Module):
 
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
         """(label-smoothed loss, nll) per target token, float32 [B, T], exactly 0 at pads."""
-        h = self.decoder_hidden(self.encode(src), tgt_in)
-        # The vocabulary projection is the costliest op of a small model: run it on real tokens only.
+        packing = Packing(tgt_in, self.pad_id)
+        h = self._decode(self.encode(src), tgt_in, packing)
         rows = tgt_out.reshape(-1).ne(self.pad_id).nonzero().squeeze(1)
-        lprobs = self.logprobs(h.reshape(-1, h.shape[-1]).index_select(0, rows))
+        if not torch.equal(rows, packing.rows):  # targets not aligned with inputs: score tgt_out's tokens
+            h = packing.pad(h).view(-1, h.shape[-1]).index_select(0, rows)
+        # The vocabulary projection is the costliest op of a small model: it runs on real tokens only.
         target = tgt_out.reshape(-1).index_select(0, rows)
-        nll = -lprobs.gather(1, target[:, None]).squeeze(1)
-        zeros = lprobs.new_zeros(tgt_out.numel())
-        nll_tok = zeros.index_copy(0, rows, nll).view(tgt_out.shape)
-        eps = self.arch.label_smoothing
-        if eps == 0:
-            return nll_tok, nll_tok
-        # sum, not mean: its backward is a broadcast, where mean's writes a [N, V] tensor.
-        loss = (1 - eps) * nll - (eps / lprobs.shape[1]) * lprobs.sum(-1)
-        return zeros.index_copy(0, rows, loss).view(tgt_out.shape), nll_tok
+        loss, nll = smoothed_nll(F.linear(h, self.embed.weight), target, self.arch.label_smoothing)
+        zeros = loss.new_zeros(tgt_out.numel())
+        return zeros.index_copy(0, rows, loss).view(tgt_out.shape), zeros.index_copy(0, rows, nll).view(tgt_out.shape)
 
     def init_cache(self, enc: EncoderOut, max_steps: int, beam: int = 1) -> DecoderCache:
         """A cache for up to `max_steps` decoder positions; each row of `enc` is repeated `beam` times."""
-        ckv = self._cross_kv(enc.memory)  # before the beam expansion: `beam` times fewer FLOPs
+        # Projected before the beam expansion: `beam` times fewer FLOPs.
+        ckv = self._cross_kv(enc).permute(2, 3, 0, 4, 1, 5)  # [L, 2, N, H, S, Dh]
         keep = ~enc.src_pad_mask[:, None, None, :]
         if beam > 1:
-            rows = torch.arange(ckv.shape[0], device=ckv.device).repeat_interleave(beam)
-            ckv, keep = ckv.index_select(0, rows), keep.index_select(0, rows)
-        n, _, layers, _, heads, dh = ckv.shape
+            rows = torch.arange(ckv.shape[2], device=ckv.device).repeat_interleave(beam)
+            ckv, keep = ckv.index_select(2, rows), keep.index_select(0, rows)
+        ckv = ckv.contiguous()
+        layers, _, n, heads, _, dh = ckv.shape
         store = ckv.new_empty(2, max_steps * layers * n * 2 * heads * dh)
         self_kv = store[0].view(max_steps, layers, n, 2, heads, dh)
         return DecoderCache(self_kv=self_kv, spare=store[1], cross_kv=ckv, src_keep=keep)
@@ -267,9 +191,9 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"decoder cache holds {cache.self_kv.shape[0]} positions; step {t} is past it")
         e = self.embed(tokens)
         x = torch.add(self.positions[t].to(e.dtype), e, alpha=self.scale)
-        x = F.dropout(x, self.arch.dropout, self.training)
+        x = dropout(x, self.arch.dropout, self.training)
         for i, layer in enumerate(self.decoder):
-            x = layer.step(x, cache.self_kv[:, i], t, cache.cross_kv[:, :, i], cache.src_keep)
+            x = layer.step(x, cache.self_kv[:, i], t, cache.cross_kv[i], cache.src_keep)
         cache.length = t + 1
         return self.logprobs(self.dec_norm(x))
 
@@ -288,5 +212,5 @@ class Seq2SeqTransformer(nn.Module):
         torch.index_select(cache.self_kv[: cache.length], 2, index, out=new[: cache.length])
         cache.spare, cache.self_kv = cache.self_kv.view(-1), new
         if not same_sources:
-            cache.cross_kv = cache.cross_kv.index_select(0, index)
+            cache.cross_kv = cache.cross_kv.index_select(2, index)
             cache.src_keep = cache.src_keep.index_select(0, index)

@@ -68,7 +68,8 @@ def run_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Path, 
         if subprocess.call(cmd) != 0:
             raise RuntimeError(f"sweep run {run_dir} failed")
     path = out / "sweep.json"
-    path.write_text(json.dumps({"recipe": recipe_path, "group": group, "runs": plan}, indent=1))
+    path.write_text(json.dumps({"recipe": recipe_path, "overrides": list(overrides), "group": group, "runs": plan},
+                               indent=1))
     return path
 
 
@@ -82,7 +83,7 @@ def final_dev_losses(run_dir: Path) -> dict[str, float]:
 
 def fit_sweep(sweep_json: Path) -> list[Fit]:
     sweep = json.loads(sweep_json.read_text())
-    recipe = load_recipe(sweep["recipe"])
+    recipe = load_recipe(sweep["recipe"], sweep.get("overrides", []))
     manifest = load_manifest(resolve_manifest(recipe.data, lambda _m: None))
     summary = json.loads((Path(sweep["runs"][0]["run_dir"]) / "data_summary.json").read_text())
     fits = []

@@ -1,0 +1,114 @@
+"""Step time of each weighting policy, and of gradient surgery for T = 2 (hrl/lrl groups) and
+T = 8 (every direction), against plain training on the demo model and corpus.
+
+    python benchmarks/method_overhead.py --group policies   # writes benchmarks/results/policy_overhead.json
+    python benchmarks/method_overhead.py --group surgery    # writes benchmarks/results/surgery_overhead.json
+
+Each configuration is a short `mmtc run` (same data order, batches and model; each group times its
+own plain run); the step time is the mean over the log intervals after the first (which holds
+start-up work), so a policy that updates every K steps is charged its update amortised over K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from machine import hardware
+
+
+def surgery(spec: str) -> str:
+    return f"surgery={spec}"
+
+
+def sampling(spec: str) -> str:
+    return f"sampling={spec}"
+
+
+PLAIN = sampling("{kind: temperature, params: {temperature: 5.0}}")
+GROUPS: dict[str, dict[str, str]] = {
+    "surgery": {
+        "plain": PLAIN,
+        "pcgrad T=2": surgery("{method: pcgrad, tasks: groups}"),
+        "gradvac T=2": surgery("{method: gradvac, tasks: groups}"),
+        "graddrop T=2": surgery("{method: graddrop, tasks: groups}"),
+        "pcgrad T=8": surgery("{method: pcgrad, tasks: directions}"),
+        "gradvac T=8": surgery("{method: gradvac, tasks: directions}"),
+        "graddrop T=8": surgery("{method: graddrop, tasks: directions}"),
+        "target_projection T=2": surgery("{method: target_projection, tasks: groups}"),
+        "target_projection T=8": surgery("{method: target_projection, tasks: directions}"),
+    },
+    # The cadences of benchmarks/policy_table.py, so these are the overheads of those rows.
+    "policies": {
+        "plain": PLAIN,
+        "schedule_5to1": sampling("{kind: temperature_schedule, params: {start: 5.0, end: 1.0, schedule: step}, "
+                                  "every: 10}"),
+        "cvar_dro": sampling("{kind: cvar_dro, params: {alpha: 0.5}, every: 10}"),
+        "group_dro": sampling("{kind: group_dro, params: {eta: 0.01}, every: 10}"),
+        "excess_dro": sampling("{kind: excess_dro, params: {eta: 0.01, reference: {eng-deu: 5.0}}, every: 10}"),
+        "chi2_dro": sampling("{kind: chi2_dro, params: {rho: 0.05}, every: 50}"),
+        "chi2_dro loss_weight": sampling("{kind: chi2_dro, params: {rho: 0.05}, every: 50, apply: loss_weight}"),
+        "exp3": sampling("{kind: exp3, params: {gamma: 0.1}, every: 10}"),
+        "multidds": sampling("{kind: multidds, params: {lr: 0.05, probe_tokens: 1000}, every: 50}"),
+        "cats": sampling("{kind: cats, params: {probe_tokens: 1000}, every: 50}"),
+    },
+}
+
+
+RESULTS = {"surgery": "benchmarks/results/surgery_overhead.json", "policies": "benchmarks/results/policy_overhead.json"}
+
+
+def step_time(name: str, setting: str, args: argparse.Namespace, out: Path) -> float:
+    run_dir = out / args.group / name.replace(" ", "_").replace("=", "")
+    sets = ["stages=[]", setting, f"train.max_steps={args.steps}", "train.log_every=10",
+            "train.eval_every=0", "train.precision=fp32", "eval.splits=[]", *args.set]
+    cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    times = [r["step_s"] for r in rows if "step_s" in r][1:]
+    return sum(times) / len(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="stages/demo.yaml")
+    ap.add_argument("--group", choices=sorted(GROUPS), default="surgery")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="steps per run (default 60 for surgery; 110 for policies: past two updates of the every-50 ones)")
+    ap.add_argument("--out", default="benchmarks/work/overhead")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--results", default="", help="default: benchmarks/results/<group>_overhead.json")
+    ap.add_argument("--only", default="", help="comma-separated configurations; the others are kept from --results")
+    args = ap.parse_args()
+    CONFIGS = GROUPS[args.group]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = Path(args.results or RESULTS[args.group])
+    args.steps = args.steps or {"surgery": 60, "policies": 110}[args.group]
+    only = [c for c in args.only.split(",") if c]
+    unknown = sorted(set(only) - set(CONFIGS))
+    if unknown:
+        ap.error(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+    results = json.loads(dest.read_text())["seconds_per_step"] if only and dest.is_file() else {}
+    for name, s in CONFIGS.items():
+        if not only or name in only:
+            results[name] = step_time(name, s, args, out)
+    base = results["plain"]
+    print(f"{'configuration':<24}{'s/step':>9}{'× plain':>9}")
+    for name, t in results.items():
+        print(f"{name:<24}{t:>9.3f}{t / base:>9.3f}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": "fp32",
+                                "hardware": hardware(), "overrides": args.set,
+                                "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()}},
+                               indent=1))
+    print(f"written {dest}")
+
+
+if __name__ == "__main__":
+    main()

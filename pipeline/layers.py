@@ -1,0 +1,142 @@
+"""Transformer layers that run on the real tokens of a right-padded batch only.
+
+Position-wise work (projections, feed-forward, LayerNorm, dropout, residuals) is most of a
+step's FLOPs; length-bucketed batches still carry 10-25% padding, so the layers take packed
+[N, D] rows and only attention sees the padded [B, T] layout (`Packing.pad` / `Packing.pack`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Packing:
+    """Which positions of a [B, T] token batch are real (not `pad_id`), as flat row indices."""
+
+    def __init__(self, tokens: Tensor, pad_id: int) -> None:
+        self.b, self.t = tokens.shape
+        self.rows = tokens.reshape(-1).ne(pad_id).nonzero().squeeze(1)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """[N, F] -> [B, T, F], zeros at the pads."""
+        out = x.new_zeros(self.b * self.t, x.shape[-1]).index_copy(0, self.rows, x)
+        return out.view(self.b, self.t, -1)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, T, F] -> [N, F]."""
+        return x.reshape(self.b * self.t, -1).index_select(0, self.rows)
+
+    def positions(self) -> Tensor:
+        return self.rows % self.t
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    # On CPU, F.dropout draws one float Bernoulli per element; one 64-bit draw per four elements,
+    # 15 bits each compared to a threshold, costs a third as much (p is resolved to 2^-15).
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+    bits = words.view(torch.int16)[:n].view(x.shape) & 0x7FFF
+    return torch.where(bits >= round(p * 32768), x * (1.0 / (1.0 - p)), 0.0)
+
+
+def xavier_blocks(linear: nn.Linear, block: int) -> None:
+    # Fused projections are initialised as the separate d x d matrices they stand for.
+    for chunk in linear.weight.data.split(block, dim=0):
+        nn.init.xavier_uniform_(chunk)
+    nn.init.zeros_(linear.bias)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, ffn: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.p = nn.Linear(d, ffn), nn.Linear(ffn, d), activation_dropout
+        xavier_blocks(self.fc1, ffn)
+        xavier_blocks(self.fc2, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.fc1(x), inplace=True)  # fc1's backward does not need its output
+        return self.fc2(dropout(h, self.p, self.training))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int, p: float) -> None:
+        super().__init__()
+        self.heads, self.p = heads, p
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        xavier_blocks(self.qkv, d)
+        xavier_blocks(self.out, d)
+
+    def forward(self, x: Tensor, packing: Packing, keep: Tensor | None, causal: bool) -> Tensor:
+        """x [N, D] packed rows of a [B, T] batch; keep [B, 1, 1, T] bool or None."""
+        b, t = packing.b, packing.t
+        qkv = packing.pad(self.qkv(x)).view(b, t, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.p if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, is_causal=causal)
+        return self.out(packing.pack(o.transpose(1, 2)))
+
+    def step(self, x: Tensor, kv: Tensor, t: int) -> Tensor:
+        """x [N, D] is position t; kv [max_steps, N, 2, H, Dh] is this layer's cache."""
+        n, d = x.shape
+        qkv = self.qkv(x).view(n, 3, self.heads, -1)
+        kv[t] = qkv[:, 1:]
+        k, v = kv[: t + 1].permute(2, 1, 3, 0, 4).unbind(0)  # [N, H, t+1, Dh] views
+        p = self.p if self.training else 0.0
+        o = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v, dropout_p=p)
+        return self.out(o.reshape(n, d))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int, p: float, attn_p: float, act_p: float) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = SelfAttention(d, heads, attn_p)
+        self.ffn = FeedForward(d, ffn, act_p)
+        self.p = p
+
+    def forward(self, x: Tensor, packing: Packing, keep: Tensor) -> Tensor:
+        x = x + dropout(self.attn(self.ln1(x), packing, keep, False), self.p, self.training)
+        return x + dropout(self.ffn(self.ln2(x)), self.p, self.training)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int, p: float, attn_p: float, act_p: float) -> None:
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = SelfAttention(d, heads, attn_p)
+        # The cross-attention K/V projection lives in the model, one GEMM for all layers.
+        self.cross_q, self.cross_out = nn.Linear(d, d), nn.Linear(d, d)
+        xavier_blocks(self.cross_q, d)
+        xavier_blocks(self.cross_out, d)
+        self.ffn = FeedForward(d, ffn, act_p)
+        self.heads, self.p, self.attn_p = heads, p, attn_p
+
+    def _cross(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+        """q [B, T, D] projected queries; k, v [B, H, S, Dh]; keep [B, 1, 1, S] -> [B, T, D]."""
+        b, t, d = q.shape
+        p = self.attn_p if self.training else 0.0
+        o = F.scaled_dot_product_attention(q.view(b, t, self.heads, -1).transpose(1, 2), k, v, attn_mask=keep,
+                                           dropout_p=p)
+        return o.transpose(1, 2).reshape(b, t, d)
+
+    def forward(self, x: Tensor, packing: Packing, ckv: Tensor, keep: Tensor) -> Tensor:
+        """ckv [B, S, 2, H, Dh]: this layer's cross-attention keys and values."""
+        x = x + dropout(self.self_attn(self.ln1(x), packing, None, True), self.p, self.training)
+        k, v = ckv.permute(2, 0, 3, 1, 4).unbind(0)
+        o = packing.pack(self._cross(packing.pad(self.cross_q(self.ln2(x))), k, v, keep))
+        x = x + dropout(self.cross_out(o), self.p, self.training)
+        return x + dropout(self.ffn(self.ln3(x)), self.p, self.training)
+
+    def step(self, x: Tensor, kv: Tensor, t: int, ckv: Tensor, keep: Tensor) -> Tensor:
+        """ckv [2, N, H, S, Dh], contiguous: the attention kernel reads it twice as fast as strided."""
+        x = x + dropout(self.self_attn.step(self.ln1(x), kv, t), self.p, self.training)
+        k, v = ckv.unbind(0)
+        o = self._cross(self.cross_q(self.ln2(x))[:, None], k, v, keep)[:, 0]
+        x = x + dropout(self.cross_out(o), self.p, self.training)
+        return x + dropout(self.ffn(self.ln3(x)), self.p, self.training)
