@@ -47,6 +47,11 @@ def export(args: argparse.Namespace, data_dir: Path) -> tuple[Path, int]:
 
 
 def measure(python: Path, args: argparse.Namespace, arch, data_dir: Path) -> dict | None:
+    if args.precision == "bf16":
+        # fairseq 0.12.2 reads `--bf16 --cpu` as TPU training (its trainer asks torch_xla for the
+        # device), so it has no CPU bf16 to compare with.
+        print("fairseq: no CPU bf16 in fairseq 0.12.2 (--bf16 means TPU there); skipped")
+        return None
     binary, _ = export(args, data_dir)
     L = arch.encoder_layers
     cmd = [str(python), "-m", "fairseq_cli.train", str(binary), "--arch", "transformer", "--share-all-embeddings",

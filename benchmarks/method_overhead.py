@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,13 +100,20 @@ def main() -> None:
         if not only or name in only:
             results[name] = step_time(name, s, args, out)
     base = results["plain"]
-    print(f"{'configuration':<24}{'s/step':>9}{'× plain':>9}")
+    # A policy's extra time per update (its cadence × the amortised extra per step), and what that
+    # comes to at a paper's cadence (MultiDDS: every 1,000 steps).
+    every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", v))}
+    per_update = {k: (results[k] - base) * every[k] for k in results if k in every}
+    print(f"{'configuration':<24}{'s/step':>9}{'× plain':>9}{'every':>7}{'s/update':>10}{'at 1000':>9}")
     for name, t in results.items():
-        print(f"{name:<24}{t:>9.3f}{t / base:>9.3f}")
+        extra = (f"{every[name]:>7}{per_update[name]:>10.2f}{1 + per_update[name] / 1000 / base:>9.3f}"
+                 if name in every else "")
+        print(f"{name:<24}{t:>9.3f}{t / base:>9.3f}{extra}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": "fp32",
                                 "hardware": hardware(), "overrides": args.set,
-                                "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()}},
+                                "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()},
+                                "every": every, "extra_seconds_per_update": per_update},
                                indent=1))
     print(f"written {dest}")
 

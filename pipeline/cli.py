@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     sol.add_argument("--importance", default="", help="r_i per direction, e.g. eng-bos=2,eng-deu=1 (default equal)")
     sol.add_argument("--recipe", help="recipe to copy with these weights")
     sol.add_argument("--out", help="where to write the new recipe")
+    sol.add_argument("--extrapolate", action="store_true",
+                     help="search the whole simplex (default: each p_i within the ratios its sweep tried)")
 
     data = sub.add_parser("data", help="corpus tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(cmd_fit(Path(args.sweep_json), Path(args.out) if args.out else None))
             else:
                 imp = {k: float(v) for k, v in (x.split("=") for x in args.importance.split(",") if x)}
-                print(cmd_solve(Path(args.fit_json), imp, args.recipe, Path(args.out) if args.out else None))
+                print(cmd_solve(Path(args.fit_json), imp, args.recipe, Path(args.out) if args.out else None,
+                                args.extrapolate))
             return 0
     except ConfigError as exc:
         print(f"mmtc: {exc}", file=sys.stderr)

@@ -115,10 +115,11 @@ def cmd_fit(sweep_json: Path, out: Path | None) -> str:
     return "\n".join(rows)
 
 
-def cmd_solve(fit_json: Path, importance: dict[str, float], recipe: str | None, out: Path | None) -> str:
+def cmd_solve(fit_json: Path, importance: dict[str, float], recipe: str | None, out: Path | None,
+              extrapolate: bool = False) -> str:
     fits = load_fits(fit_json)
     r = np.array([importance.get(f.direction, 1.0) for f in fits])
-    p = solve(fits, r / r.sum())
+    p = solve(fits, r / r.sum(), extrapolate=extrapolate)
     weights = {f.direction: round(float(x), 6) for f, x in zip(fits, p)}
     rows = ["p = argmin Σ r_i L_i(p_i):"] + [f"  {k:<12}{v:.4f}" for k, v in weights.items()]
     if recipe and out:

@@ -1,9 +1,10 @@
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
-from pipeline.scaling import PARAMS, Fit, fit_direction, law, solve
+from pipeline.scaling import PARAMS, Fit, fit_direction, law, load_fits, save_fits, solve
 from pipeline.sweep import ratio_weights
 
 TRUE = {"k": 5.0, "alpha": 0.4, "gamma": 0.1, "b": 0.5, "q": 2.0, "beta": 0.6, "m_inf": 1.5}
@@ -57,3 +58,23 @@ def test_ratio_weights_split_the_group_by_size():
     assert w == {"a": 0.6, "b": 0.2, "c": 0.2}
     with pytest.raises(ValueError, match="needs directions both in and outside"):
         ratio_weights(["a"], [1], {"a": "lrl"}, "lrl", 0.5)
+
+
+def test_solver_stays_within_the_swept_ratios_unless_told_to_extrapolate():
+    # "a" keeps improving with p: unbounded, the solver gives it nearly everything.
+    a = dataclasses.replace(fake_fit("a", 2.0, 0.5, 0.0, 0.3, 1.0), p_range=(0.1, 0.6))
+    b = dataclasses.replace(fake_fit("b", 50.0, 0.1, 0.0, 0.6, 2.0), p_range=(0.3, 0.9))
+    free = solve([a, b], extrapolate=True)
+    assert free[0] > 0.6
+    boxed = solve([a, b])
+    assert boxed[0] == pytest.approx(0.6, abs=1e-6) and boxed[1] == pytest.approx(0.4, abs=1e-6)
+    with pytest.raises(ValueError, match="admit no distribution"):
+        solve([dataclasses.replace(a, p_range=(0.1, 0.3)), dataclasses.replace(b, p_range=(0.3, 0.5))])
+
+
+def test_fit_records_its_ratio_range_and_round_trips(tmp_path):
+    p = np.array([0.05, 0.2, 0.4])
+    fit = fit_direction("x", 1000, p, law(p, 1000, *[TRUE[k] for k in PARAMS]), starts=4)
+    assert fit.p_range == (0.05, 0.4)
+    save_fits([fit], tmp_path / "fit.json")
+    assert load_fits(tmp_path / "fit.json") == [fit]
