@@ -57,15 +57,16 @@ class _SmoothedNll(torch.autograd.Function):
             grad = torch.softmax(logits.float(), -1) * g_all[:, None] - shift[:, None]
             return grad.scatter_add(1, target[:, None], -onehot[:, None]).to(logits.dtype), None, None
         grad = torch.empty_like(logits)
+        in_place = grad.dtype == torch.float32  # straight into the gradient, no block copy
         step = _rows_per_block(logits)
         for i in range(0, n, step):
             rows = slice(i, i + step)
-            if grad.dtype == torch.float32:  # straight into the gradient, no block copy
+            if in_place:
                 p = torch.sub(logits[rows], lse[rows, None], out=grad[rows])
             else:
                 p = logits[rows].float() - lse[rows, None]
             p.exp_().mul_(g_all[rows, None]).sub_(shift[rows, None])
-            if p.data_ptr() != grad[rows].data_ptr():
+            if not in_place:
                 grad[rows] = p
         grad.scatter_add_(1, target[:, None], (-onehot[:, None]).to(grad.dtype))
         return grad, None, None
