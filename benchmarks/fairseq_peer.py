@@ -8,6 +8,7 @@ it pins old hydra/omegaconf releases.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -36,8 +37,8 @@ def export(args: argparse.Namespace, data_dir: Path) -> tuple[Path, int]:
                 fs.write(" ".join(map(str, [tag, *split.src_ids(i).tolist()])) + "\n")
                 ft.write(" ".join(map(str, split.tgt_ids(i).tolist())) + "\n")
     for side in ("src", "tgt"):  # fairseq loads a valid split even with --disable-validation
-        lines = (raw / f"train.{side}").read_text().splitlines(keepends=True)[:200]
-        (raw / f"valid.{side}").write_text("".join(lines))
+        with open(raw / f"train.{side}") as f:
+            (raw / f"valid.{side}").write_text("".join(itertools.islice(f, 200)))
     (raw / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(vocab)))
     cmd = [str(Path(args.fairseq_python).parent / "fairseq-preprocess"), "--source-lang", "src", "--target-lang",
            "tgt", "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"), "--destdir", str(binary), "--srcdict", str(raw / "dict.txt"),
