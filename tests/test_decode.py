@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from pipeline.decode import beam_search, greedy_search, max_lengths
+from pipeline.decode import beam_search, greedy_search, max_lengths, top_k
 from pipeline.model import ModelArch, Seq2SeqTransformer
 
 PAD, BOS, EOS = 1, 2, 3
@@ -63,6 +63,23 @@ def naive_greedy(model: Seq2SeqTransformer, src: torch.Tensor, limit: int) -> li
                 break
             hyp.append(tok)
         return hyp
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_top_k_matches_torch(k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(6, 64 * 40, generator=g)
+    x[0, :-7] = float("-inf")  # a row with fewer finite entries than most blocks
+    x[1, 64 * 39 :] += 10.0  # the winners all in one block
+    x[2].mul_(-1).abs_()
+    values, indices = top_k(x, k)
+    expected = x.topk(k, dim=1)
+    assert torch.equal(values, expected.values)
+    finite = values.isfinite()
+    assert torch.equal(indices[finite], expected.indices[finite])
+    assert torch.equal(x.gather(1, indices), values)
+    odd = torch.randn(3, 1000, generator=g)  # not a multiple of the block: plain topk
+    assert torch.equal(top_k(odd, k)[1], odd.topk(k, dim=1).indices)
 
 
 def test_max_lengths() -> None:

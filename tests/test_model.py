@@ -150,28 +150,30 @@ def test_incremental_decoding_matches_full_forward() -> None:
             model.decode_step(tgt_in[:, 0], cache)
 
 
-@pytest.mark.parametrize("same_sources", [True, False])
-def test_reorder_follows_rows(same_sources: bool) -> None:
+@pytest.mark.parametrize("drop", [False, True])
+def test_reorder_follows_rows(drop: bool) -> None:
     model = small().eval()
     src = batch([6, 3], seed=9)
-    tgt_in, _ = teacher_forcing([7, 7], seed=10)
     beam = 3
+    pool = torch.randint(4, VOCAB, (2 * beam, 7), generator=torch.Generator().manual_seed(10))
+    # Beams shuffle within each sentence at every step, so that the hypotheses' paths cross.
+    shuffles = [torch.tensor([[2, 0, 0], [1, 2, 1]]), torch.tensor([[1, 1, 2], [0, 0, 2]])]
     with torch.no_grad():
         enc = model.encode(src)
         cache = model.init_cache(enc, max_steps=7, beam=beam)
-        # Row r of the beam-expanded batch decodes prefix variant r.
-        prefixes = tgt_in.repeat_interleave(beam, 0)
-        prefixes[:, 1:] = (prefixes[:, 1:] + torch.arange(2 * beam)[:, None]) % (VOCAB - 4) + 4
+        history = pool[:, :0]
         for t in range(3):
-            model.decode_step(prefixes[:, t], cache)
-        if same_sources:
-            index = torch.tensor([2, 2, 0, 4, 3, 3])  # beams shuffle within each sentence
-        else:
-            index = torch.tensor([4, 5, 3])  # sentence 0 is dropped
-        model.reorder(cache, index, same_sources=same_sources)
-        prefixes = prefixes[index]
-        rows = enc.index_select(index // beam)
-        full = model.logprobs(model.decoder_hidden(rows, prefixes))
+            model.decode_step(pool[:, t], cache)
+            history = torch.cat([history, pool[:, t : t + 1]], 1)
+            if t < len(shuffles):
+                model.reorder(cache, shuffles[t])
+                history = history[(shuffles[t] + torch.arange(2)[:, None] * beam).view(-1)]
+        kept = torch.tensor([1]) if drop else torch.arange(2)  # dropping sentence 0
+        beams = torch.tensor([[1, 2, 0]]) if drop else torch.tensor([[2, 2, 0], [1, 0, 0]])
+        model.reorder(cache, beams, kept if drop else None)
+        rows = (beams + kept[:, None] * beam).view(-1)
+        prefixes = torch.cat([history[rows], pool[: rows.numel(), 3:]], 1)
+        full = model.logprobs(model.decoder_hidden(enc.index_select(rows // beam), prefixes))
         for t in range(3, 7):
             step = model.decode_step(prefixes[:, t], cache)
             torch.testing.assert_close(step, full[:, t], rtol=0, atol=1e-5)
