@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import socket
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from .config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
 from .optim import SkippableAdamW  # noqa: E402
@@ -153,18 +151,13 @@ class Engine:
             lr_scheduler=lambda opt: StepSchedule(opt, recipe.train, total_steps),
         )
         self.schedule: StepSchedule = self.ds.lr_scheduler
-        # On CPU, PyTorch's flash-attention kernel is slow in bf16 (its backward alone took a fifth
-        # of a tiny-model step); the plain math kernel is 20% faster there, and as fast in fp32.
-        cpu_low = dist_info.device.type == "cpu" and recipe.train.precision in ("bf16", "amp_bf16")
-        self._attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if cpu_low else nullcontext
 
     @property
     def module(self) -> torch.nn.Module:
         return self.ds.module
 
     def __call__(self, *args: Any) -> Any:
-        with self._attention():
-            return self.ds(*args)
+        return self.ds(*args)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)

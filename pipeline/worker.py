@@ -12,6 +12,7 @@ from .config import RecipeConfig
 from .data.prepare import PreparedCorpus, prepare_corpus
 from .engine import barrier, setup_distributed
 from .evaluate import format_table
+from .hostmem import keep_freed_memory
 from .rundir import RunDir
 from .tensorboard import TensorBoardLog
 from .train import Trainer, TrainingStopped
@@ -26,6 +27,7 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
                allow: frozenset[str] = frozenset(), until_stage: str | None = None) -> int:
     """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory;
     `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
+    keep_freed_memory()
     run = RunDir(run_dir)
     recipe = run.load_config()
     dist = setup_distributed(recipe.train.threads)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from test_model import PAD, batch, small, teacher_forcing
 
-from pipeline.layers import Packing, dropout
+from pipeline.layers import Packing, add_dropout, dropout
 
 
 def test_packing_round_trip_and_positions() -> None:
@@ -32,6 +32,23 @@ def test_cpu_dropout_rate_scale_and_gradient() -> None:
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d y / d x is the same mask and scale
     assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
+
+
+def test_cpu_add_dropout_matches_its_definition_to_second_order() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(50_000, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(50_000, dtype=torch.float64, requires_grad=True)
+    out = add_dropout(x, y, 0.1, True)
+    kept = (out - x).detach().ne(0)
+    assert abs(kept.double().mean().item() - 0.9) < 0.005
+    torch.testing.assert_close(out, x + torch.where(kept, y / 0.9, 0.0), rtol=0, atol=1e-12)
+    # Double backward through the custom function, as CATS' Hessian-vector products need.
+    gx, gy = torch.autograd.grad((out**2).sum(), (x, y), create_graph=True)
+    torch.testing.assert_close(gx, 2 * out)
+    torch.testing.assert_close(gy, torch.where(kept, 2 * out / 0.9, 0.0))
+    (hy,) = torch.autograd.grad(gy.sum(), y)
+    torch.testing.assert_close(hy, torch.where(kept, 2 / 0.81, 0.0).double())
+    assert torch.equal(add_dropout(x, y, 0.1, False), x + y)
 
 
 def test_target_padding_invariance_and_misaligned_targets() -> None:
