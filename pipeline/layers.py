@@ -129,33 +129,30 @@ class SelfAttention(nn.Module):
 def attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, causal: bool, p: float) -> Tensor:
     """Training attention over [B, H, T, Dh]; keep [B, 1, 1, S] True where a key may be attended.
 
-    On CPU, at translation's short lengths, the two products and a softmax run 1.5-2.5× faster
+    On CPU, at translation's short lengths, `attend`'s two products and softmax run 1.5-2.5× faster
     forward and backward than the flash-attention kernel (whose tiles suit long sequences); other
     devices keep the fused kernel, which also spares the [T, S] score memory.
     """
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, is_causal=causal)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    hide = None if keep is None else ~keep
     if causal:
-        t, s = scores.shape[-2:]
-        scores = scores.masked_fill_(torch.ones(t, s, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-    if keep is not None:
-        scores = scores.masked_fill_(~keep, float("-inf"))
+        future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu_(1)
+        hide = future if hide is None else hide | future
+    return attend(q, k, v, hide, p)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, p: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(Dh)) v, `hide` (True = masked) broadcast over the scores, dropout p on
+    the probabilities. Decoding calls it directly: at one to four queries a head two batched
+    matmuls beat the CPU flash-attention kernel and read the cache's strided slots without a copy."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    if hide is not None:
+        scores.masked_fill_(hide, float("-inf"))
     probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
     if p > 0.0:
         probs = F.dropout(probs, p, True)
     return torch.matmul(probs, v)
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(Dh)) v with `hide` (True = masked) for decoding's few queries per row.
-
-    Two batched matmuls beat the CPU flash-attention kernel at one to four queries a head, and
-    read the cache's strided slots without a copy."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    if hide is not None:
-        scores.masked_fill_(hide, float("-inf"))
-    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
 class EncoderLayer(nn.Module):

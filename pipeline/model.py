@@ -158,9 +158,12 @@ class Seq2SeqTransformer(nn.Module):
         packing = Packing(tgt_in, self.pad_id)
         return packing.pad(self._decode(enc, tgt_in, packing))
 
-    def logprobs(self, h: Tensor) -> Tensor:
+    def logprobs(self, h: Tensor, out_proj: Tensor | None = None) -> Tensor:
+        """Float32 log-probs from the decoder states; `out_proj` is the embedding as [D, V] when the
+        caller holds such a copy (decoding, `DecoderCache.out_proj`)."""
         # float32 log_softmax straight from (possibly bf16) logits, without a separate upcast copy.
-        return torch.log_softmax(F.linear(h, self.embed.weight), -1, dtype=torch.float32)
+        logits = F.linear(h, self.embed.weight) if out_proj is None else h @ out_proj
+        return torch.log_softmax(logits, -1, dtype=torch.float32)
 
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
         """(label-smoothed loss, nll) per target token, float32 [B, T], exactly 0 at pads."""
@@ -195,15 +198,15 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"decoder cache holds {cache.paths.shape[2]} positions; step {t} is past it")
         hide = None
         if beam > 1:
-            cache.paths[:, :, t] = torch.arange(beam, device=tokens.device)
             ids = torch.arange(beam, device=tokens.device)
+            cache.paths[:, :, t] = ids
             hide = cache.paths[:, :, : t + 1, None].ne(ids).view(-1, 1, beam, (t + 1) * beam)
         e = self.embed(tokens)
         x = torch.add(self.positions[t].to(e.dtype), e, alpha=self.scale)
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, cache.self_kv[i], t, hide, cache.cross_kv[i], cache.src_pad)
         cache.length = t + 1
-        return torch.log_softmax(self.dec_norm(x) @ cache.out_proj, -1, dtype=torch.float32)
+        return self.logprobs(self.dec_norm(x), cache.out_proj)
 
     def reorder(self, cache: DecoderCache, beams: Tensor | None = None, sentences: Tensor | None = None) -> None:
         """Continue hypothesis `beams[i, b]` of sentence `sentences[i]` as row (i, b), in place.
