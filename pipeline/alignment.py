@@ -41,17 +41,25 @@ class GradientProbe:
         amp = trainer.recipe.train.precision == "amp_bf16"
         self._autocast = (lambda: torch.autocast(trainer.dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
 
-    def _batch(self, split: str, name: str, step: int, purpose: int) -> Batch:
+    def _batch(self, split: str, names: list[str], step: int, purpose: int, tokens: int | None = None) -> Batch:
+        """`tokens` (default `probe_tokens`) target-side tokens of each direction in `names` from
+        `split`, drawn for `step` (each direction by its own generator), in one batch whose
+        `direction` is the corpus's direction index."""
         t = self.t
-        data = t.corpus.splits[split][name]
-        spec = next(d for d in t.corpus.manifest.directions if d.name == name)
-        rng = rng_for(t.recipe.seed, t.counters.stage, step, t.names.index(name), purpose, _PROBE)
-        order = rng.permutation(len(data))
-        sizes = np.maximum(data.src_lens + 2, data.tgt_lens + 1)[order]
-        # at least one row per rank, so every rank has a graph to differentiate
-        take = min(len(order), max(t.dist.world, int(np.searchsorted(np.cumsum(sizes), self.probe_tokens))))
-        rows = order[:take]
-        return collate([(0, int(i)) for i in rows], [data], [t.corpus.tokenizer.tag_id(spec.tgt)], [0])
+        budget = self.probe_tokens if tokens is None else tokens
+        pairs, splits, tags = [], [], []
+        for k, name in enumerate(names):
+            data = t.corpus.splits[split][name]
+            spec = next(d for d in t.corpus.manifest.directions if d.name == name)
+            rng = rng_for(t.recipe.seed, t.counters.stage, step, t.names.index(name), purpose, _PROBE)
+            order = rng.permutation(len(data))
+            sizes = np.maximum(data.src_lens + 2, data.tgt_lens + 1)[order]
+            # at least one row per rank, so every rank has a graph to differentiate
+            take = min(len(order), max(t.dist.world, int(np.searchsorted(np.cumsum(sizes), budget))))
+            pairs += [(k, int(i)) for i in order[:take]]
+            splits.append(data)
+            tags.append(t.corpus.tokenizer.tag_id(spec.tgt))
+        return collate(pairs, splits, tags, [t.names.index(n) for n in names])
 
     def _local_rows(self, b: Batch) -> Batch | None:
         w, r = self.t.dist.world, self.t.dist.rank
@@ -60,16 +68,21 @@ class GradientProbe:
             return None
         return Batch(b.src[idx], b.tgt_in[idx], b.tgt_out[idx], b.direction[idx], int((b.tgt_out[idx] != 0).sum()))
 
-    def loss(self, b: Batch) -> tuple[torch.Tensor, int]:
-        """This rank's summed NLL on its rows of `b` (graph kept), and the batch's total tokens."""
+    def _row_nll(self, b: Batch, twice: bool = False) -> tuple[torch.Tensor, Batch]:
+        """This rank's rows of `b` and their summed NLL per row (graph kept); `twice`: the graph
+        will be differentiated twice (Hessian-vector products)."""
         dev = self.t.dist.device
         mine = self._local_rows(b)
         if mine is None:
             raise ValueError(f"a probe batch of {b.src.shape[0]} rows cannot feed {self.t.dist.world} ranks")
-        # The math attention kernel: it has the double backward the curvature's HVPs need.
-        with self._autocast(), sdpa_kernel(SDPBackend.MATH):
+        # On GPU only SDPA's math kernel has a double backward; the fused ones are faster otherwise.
+        with self._autocast(), (sdpa_kernel(SDPBackend.MATH) if twice else nullcontext()):
             _, nll = self.t.engine.module(mine.src.to(dev), mine.tgt_in.to(dev), mine.tgt_out.to(dev))
-        return nll.sum(), b.tgt_tokens
+        return nll.sum(1), mine
+
+    def loss(self, b: Batch) -> tuple[torch.Tensor, int]:
+        """This rank's summed NLL on its rows of `b` (graph kept), and the batch's total tokens."""
+        return self._row_nll(b)[0].sum(), b.tgt_tokens
 
     def flat_grad(self, b: Batch, create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The batch's mean-token gradient, averaged over ranks, as one float32 vector (and, with
@@ -91,8 +104,8 @@ class GradientProbe:
         return all_reduce_sum(sa @ sb.T).cpu().numpy()
 
     def gradients(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, Any]:
-        train = [self.flat_grad(self._batch("train", n, step, 1))[0] for n in names]
-        dev = [self.flat_grad(self._batch("dev", n, step, 2))[0] for n in dev_names]
+        train = [self.flat_grad(self._batch("train", [n], step, 1))[0] for n in names]
+        dev = [self.flat_grad(self._batch("dev", [n], step, 2))[0] for n in dev_names]
         return {"train": train, "dev": dev}
 
     def cosines(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, np.ndarray]:
@@ -104,23 +117,36 @@ class GradientProbe:
         return {"cos": dots / tn[:, None] / dn[None, :], "dots": dots, "train_norm": tn, "dev_norm": dn,
                 "train_grads": g["train"], "dev_grads": g["dev"]}
 
-    def curvature(self, step: int, dev_names: list[str], directions: list[torch.Tensor]) -> np.ndarray:
+    def curvature(self, step: int, dev_names: list[str], directions: list[torch.Tensor], tokens: int) -> np.ndarray:
         """K[i, j] = v_iᵀ H v_j for unit vectors v along `directions`, H the Hessian of the mean dev
-        loss over `dev_names`, by double backpropagation (exact Hessian-vector products)."""
+        loss over `dev_names` on `tokens` dev tokens in all (an equal share each), by double
+        backpropagation (exact Hessian-vector products)."""
         units = [d / d.norm().clamp_min(1e-30) for d in directions]
-        total = None
-        for n in dev_names:
-            b = self._batch("dev", n, step, 3)
-            loss, ntok = self.loss(b)
-            term = loss / ntok / len(dev_names)
-            total = term if total is None else total + term
-        assert total is not None
-        grads = torch.autograd.grad(total, self.params, create_graph=True)
-        sizes = [p.numel() for p in self.params]
-        hv = []
-        for k, u in enumerate(units):
-            vs = [c.view_as(p).to(p.dtype) for c, p in zip(torch.split(u, sizes), self.params)]
-            out = torch.autograd.grad(grads, self.params, grad_outputs=vs, retain_graph=k < len(units) - 1)
-            # each rank's rows contribute their share of the mean loss: the HVPs add up over ranks
-            hv.append(all_reduce_sum(torch.cat([o.detach().float().reshape(-1) for o in out])))
+        # All directions in one forward: T-times larger matrix products than a pass per direction.
+        b = self._batch("dev", dev_names, step, 3, max(1, tokens // len(dev_names)))
+        row_nll, mine = self._row_nll(b, twice=True)
+        # each direction's mean token loss (its tokens over all ranks' rows), then their mean
+        per_direction = torch.zeros(len(self.t.names), dtype=torch.float64)
+        per_direction.index_add_(0, b.direction, (b.tgt_out != 0).sum(1).double())
+        weight = 1.0 / (len(dev_names) * per_direction[mine.direction])
+        total = (row_nll * weight.to(row_nll.device, row_nll.dtype)).sum()
+        # each rank's rows contribute their share of the mean loss: the HVPs add up over ranks
+        hv = [all_reduce_sum(x) for x in hessian_vector_products(total, self.params, units)]
         return self.gram(units, hv)
+
+
+def hessian_vector_products(loss: torch.Tensor, params: list[torch.Tensor], vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """H v for each flat vector v, H the Hessian of `loss` in `params`, as flat float32 vectors.
+
+    One backward with `create_graph`, then one backward of its graph per vector: each costs about
+    two forward-backward passes of the loss (reverse over reverse), and on the 2-core CPU its matrix
+    products run near the machine's matmul peak, so fewer tokens, not faster kernels, make it cheaper.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    sizes = [p.numel() for p in params]
+    out = []
+    for k, v in enumerate(vectors):
+        vs = [c.view_as(p).to(p.dtype) for c, p in zip(torch.split(v, sizes), params)]
+        hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=k < len(vectors) - 1)
+        out.append(torch.cat([h.detach().float().reshape(-1) for h in hv]))
+    return out

@@ -69,6 +69,7 @@ class Trainer:
         # [loss, nll, tokens] per direction: since the last log line, and since the last dev eval
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
         self._acc_eval = torch.zeros(3, len(self.names), dtype=torch.float64)
+        self._probe_s = 0.0  # seconds in the gradient probe since the last log row
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
@@ -222,6 +223,7 @@ class Trainer:
         """Per-direction gradient statistics for a policy that learns from them (in eval mode, so
         no dropout and no random numbers are drawn)."""
         assert self.probe is not None
+        start = time.perf_counter()
         train_names = [self.names[i] for i in self.stage_ids]
         self.engine.train(False)
         info = self.probe.cosines(self.counters.stage_step, train_names, self.names)
@@ -229,10 +231,12 @@ class Trainer:
             dev_mean = torch.stack(info["dev_grads"]).mean(0)
             units = [g / g.norm().clamp_min(1e-30) for g in info["train_grads"]]
             info["dev_alignment"] = self.probe.gram(units, [dev_mean])[:, 0]
-            info["curvature"] = self.probe.curvature(self.counters.stage_step, self.names, info["train_grads"])
+            info["curvature"] = self.probe.curvature(self.counters.stage_step, self.names, info["train_grads"],
+                                                     self.policy.params.curvature_tokens)
         self.engine.train(True)
         del info["train_grads"], info["dev_grads"]
         self.policy.observe_alignment(self.counters.stage_step, info)
+        self._probe_s += time.perf_counter() - start
 
     # -- logging -----------------------------------------------------------------------------
     def log(self) -> None:
@@ -242,6 +246,7 @@ class Trainer:
         memory = torch.zeros(self.dist.world, 3, dtype=torch.float64)
         memory[self.dist.rank] = torch.tensor(peak_memory_mb(self.dist.device), dtype=torch.float64)
         memory = all_reduce_sum(memory)
+        probe_s, self._probe_s = self._probe_s, 0.0
         if not self.dist.is_main:
             return
         assert self.stream is not None and self.stream.p is not None and self.progress is not None
@@ -257,6 +262,7 @@ class Trainer:
             "grad_norm": self.engine.grad_norm(),
             "tokens_per_s": tot / max(elapsed, 1e-9),
             "step_s": elapsed / max(1, steps),
+            **({"probe_s": round(probe_s, 3)} if self.probe is not None else {}),
             "tokens": self.counters.tokens,
             "skipped_steps": self.counters.skipped_steps,
             "peak_host_mb": [round(float(x), 1) for x in memory[:, 0]],

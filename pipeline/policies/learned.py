@@ -13,10 +13,14 @@ weighted sum of unit train gradients v_i:
     Q(α) = −Σ_i α_i a_i + (λ/2) Σ_ij α_i α_j K_ij,
 a_i = v_i·ḡ_dev (ḡ_dev the gradient of the mean dev loss) and K_ij = v_iᵀ H_dev v_j, the
 curvature of the dev loss along the task directions, from exact Hessian-vector products of the
-dev loss (double backpropagation): no Hessian is formed, the cost is one extra backward pass per
-direction per update. Why this estimator: it measures curvature where the update actually moves
-(along the task gradients) and on held-out data (which is what overfitting low-resource
-directions sharpen), and it needs no random probes (Hutchinson) or finite-difference step size.
+dev loss (double backpropagation): no Hessian is formed. Each product costs about two
+forward-backward passes over the curvature batch, so K is estimated on `curvature_tokens` dev
+tokens in all (an equal share per direction), not a probe batch per direction: with T directions
+that is T times cheaper. K is then an average over fewer tokens (still an unbiased estimate of the
+dev Hessian's quadratic form, noisier), and `rate` smooths α across updates.
+Why this estimator: it measures curvature where the update actually moves (along the task
+gradients) and on held-out data (which is what overfitting low-resource directions sharpen), and
+it needs no random probes (Hutchinson) or finite-difference step size.
 Q is minimised by projected gradient steps from the current α, then α moves toward the
 minimiser by `rate`.
 """
@@ -91,12 +95,16 @@ class CatsParams:
     curvature_weight: float = 1.0  # λ
     rate: float = 0.5  # how far α moves toward the minimiser per update
     solver_steps: int = 200
-    probe_tokens: int = 2000
+    probe_tokens: int = 2000  # tokens per train and dev gradient, one batch each per direction
+    curvature_tokens: int = 1000  # dev tokens in all (an equal share per direction) for K's Hessian
 
     def check(self, path: str) -> list[tuple[str, str]]:
         out = [] if 0 < self.epsilon < 1 else [(f"{path}.epsilon", "must be in (0, 1)")]
         if not 0 < self.rate <= 1:
             out.append((f"{path}.rate", "must be in (0, 1]"))
+        for name in ("probe_tokens", "curvature_tokens"):
+            if getattr(self, name) < 1:
+                out.append((f"{path}.{name}", "must be >= 1"))
         return out
 
 

@@ -107,6 +107,9 @@ def test_cats_respects_the_floor_and_moves(tmp_path, mmtc_env):
     assert min(last["p"].values()) >= 0.05 - 1e-9
     assert any(abs(last["p"][k] - data_p()[k]) > 0.01 for k in SIZES)
     assert len(last["policy"]["curvature"]) == 3
+    # the probe's own seconds are logged on the rows whose interval held an update, and only there
+    probed = {r["step"] for r in train_rows(rows) if r["probe_s"] > 0}
+    assert probed == {4, 8, 12, 16}, probed
 
 
 def test_loss_weight_keeps_the_batch_mix(tmp_path, mmtc_env):
