@@ -62,7 +62,8 @@ GROUPS: dict[str, dict[str, str]] = {
 RESULTS = {"surgery": "benchmarks/results/surgery_overhead.json", "policies": "benchmarks/results/policy_overhead.json"}
 
 
-def step_time(name: str, setting: str, args: argparse.Namespace, out: Path) -> tuple[float, float | None]:
+def step_time(name: str, setting: str, every: int | None, args: argparse.Namespace,
+              out: Path) -> tuple[float, float | None]:
     """Mean seconds per step after the first log interval, and the seconds per update a gradient
     probe measured itself (`probe_s` of metrics.jsonl; None for policies without a probe)."""
     run_dir = out / args.group / name.replace(" ", "_").replace("=", "")
@@ -75,8 +76,7 @@ def step_time(name: str, setting: str, args: argparse.Namespace, out: Path) -> t
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_s"] for r in rows if "step_s" in r][1:]
     probe = [r["probe_s"] for r in rows if "probe_s" in r]
-    every = re.search(r"every: (\d+)", setting)
-    updates = args.steps // int(every.group(1)) if every else 0
+    updates = args.steps // every if every else 0
     return sum(times) / len(times), (sum(probe) / updates if probe and updates else None)
 
 
@@ -103,16 +103,16 @@ def main() -> None:
     kept = json.loads(dest.read_text()) if only and dest.is_file() else {}
     results = kept.get("seconds_per_step", {})
     probed = kept.get("probe_seconds_per_update", {})
+    every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", v))}
     for name, s in CONFIGS.items():
         if not only or name in only:
-            results[name], probe = step_time(name, s, args, out)
+            results[name], probe = step_time(name, s, every.get(name), args, out)
             probed.pop(name, None)
             if probe is not None:
                 probed[name] = probe
     base = results["plain"]
     # A policy's extra time per update (its cadence × the amortised extra per step), and what that
     # comes to at a paper's cadence (MultiDDS: every 1,000 steps).
-    every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", v))}
     # A probe's own timing is exact where the step-time difference carries the runs' noise (about
     # 10% of a step, times the cadence): it is the bulk of the extra per update wherever a policy has one.
     per_update = {k: probed.get(k, (results[k] - base) * every[k]) for k in results if k in every}

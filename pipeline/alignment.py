@@ -47,11 +47,12 @@ class GradientProbe:
         `direction` is the corpus's direction index."""
         t = self.t
         budget = self.probe_tokens if tokens is None else tokens
+        ids = [t.names.index(n) for n in names]
         pairs, splits, tags = [], [], []
         for k, name in enumerate(names):
             data = t.corpus.splits[split][name]
             spec = next(d for d in t.corpus.manifest.directions if d.name == name)
-            rng = rng_for(t.recipe.seed, t.counters.stage, step, t.names.index(name), purpose, _PROBE)
+            rng = rng_for(t.recipe.seed, t.counters.stage, step, ids[k], purpose, _PROBE)
             order = rng.permutation(len(data))
             sizes = np.maximum(data.src_lens + 2, data.tgt_lens + 1)[order]
             # at least one row per rank, so every rank has a graph to differentiate
@@ -59,7 +60,7 @@ class GradientProbe:
             pairs += [(k, int(i)) for i in order[:take]]
             splits.append(data)
             tags.append(t.corpus.tokenizer.tag_id(spec.tgt))
-        return collate(pairs, splits, tags, [t.names.index(n) for n in names])
+        return collate(pairs, splits, tags, ids)
 
     def _local_rows(self, b: Batch) -> Batch | None:
         w, r = self.t.dist.world, self.t.dist.rank
