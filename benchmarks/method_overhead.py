@@ -49,12 +49,12 @@ GROUPS: dict[str, dict[str, str]] = {
                                   "every: 10}"),
         "cvar_dro": sampling("{kind: cvar_dro, params: {alpha: 0.5}, every: 10}"),
         "group_dro": sampling("{kind: group_dro, params: {eta: 0.01}, every: 10}"),
-        "excess_dro": sampling("{kind: excess_dro, params: {eta: 0.01, reference: {eng-deu: 5.0}}, every: 10}"),
+        "excess_group_dro": sampling("{kind: excess_group_dro, params: {eta: 0.01, reference: {eng-deu: 5.0}}, every: 10}"),
         "chi2_dro": sampling("{kind: chi2_dro, params: {rho: 0.05}, every: 50}"),
         "chi2_dro loss_weight": sampling("{kind: chi2_dro, params: {rho: 0.05}, every: 50, apply: loss_weight}"),
         "exp3": sampling("{kind: exp3, params: {gamma: 0.1}, every: 10}"),
         "multidds": sampling("{kind: multidds, params: {lr: 0.05, probe_tokens: 1000}, every: 50}"),
-        "cats": sampling("{kind: cats, params: {probe_tokens: 1000}, every: 50}"),
+        "curvature_aware": sampling("{kind: curvature_aware, params: {probe_tokens: 1000}, every: 50}"),
     },
 }
 

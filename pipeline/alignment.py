@@ -1,4 +1,4 @@
-"""Per-direction gradients for the policies that learn from them (MultiDDS-S, CATS).
+"""Per-direction gradients for the policies that learn from them (MultiDDS-S, curvature_aware).
 
 Every `every` steps (for a policy with `needs_gradients`) the probe takes one train batch and one dev batch per direction
 (drawn by a generator keyed on seed, stage and step, so a resume draws the same ones), computes
@@ -35,7 +35,7 @@ class GradientProbe:
         self.t = trainer
         self.probe_tokens = probe_tokens
         if trainer.engine.zero_stage == 3:
-            raise ValueError("gradient-alignment policies (multidds, cats) read whole parameters on every rank: "
+            raise ValueError("gradient-alignment policies (multidds, curvature_aware) read whole parameters on every rank: "
                              "use ZeRO 0, 1 or 2 (deepspeed.config), not ZeRO-3")
         self.params = [p for p in trainer.engine.module.parameters() if p.requires_grad]
         amp = trainer.recipe.train.precision == "amp_bf16"

@@ -53,7 +53,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
 class _AddDropout(torch.autograd.Function):
     """x + dropout(y) in two passes over memory where autograd's ops take five; the backward is
-    made of differentiable ops, so double backward (CATS' Hessian-vector products) still works."""
+    made of differentiable ops, so double backward (curvature_aware's Hessian-vector products) still works."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, y: Tensor, p: float) -> Tensor:

@@ -40,7 +40,7 @@ class Sampler:
     """Base class: a distribution over the stage's directions plus a generator to draw from it.
 
     Dynamic kinds (weighting policies) also see what training observes: `observe_train` after
-    every step (per-direction mean NLL, NaN where a direction had no tokens, and token counts,
+    every step (per-direction mean NLL or, with `train_loss = "smoothed"`, label-smoothed loss; NaN where a direction had no tokens, and token counts,
     identical on every rank), `observe_dev` at evaluations and, when `needs_gradients` is set,
     `observe_alignment` with cosines between per-direction train and dev gradients. `step` is
     the stage-local step. Everything they learn must be in `_state()` so a resume is exact.
@@ -50,6 +50,7 @@ class Sampler:
     dynamic = False
     needs_gradients = False  # True: observe_alignment every `every` steps (costs extra backward passes)
     every = 1  # update cadence in steps (SamplingConfig.every)
+    train_loss = "nll"  # what observe_train receives: "nll", or "smoothed" (the label-smoothed loss)
 
     def __init__(self, names: Sequence[str], sizes: Sequence[int]) -> None:
         if len(names) != len(sizes) or not names:

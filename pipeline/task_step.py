@@ -120,7 +120,7 @@ class TaskStep:
 
     def run(self, sb: StepBatches, scales: torch.Tensor, step_acc: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """Forward/backward per task, combine, write the gradient. Returns the step's all-reduced
-        [loss sum, nll per direction, tokens per direction] (as the plain step does) and what to log."""
+        [loss, nll, tokens] per direction (as the plain step does) and what to log."""
         t, cfg = self.t, self.cfg
         step = t.counters.step
         if cfg.method == "target_projection" and (self.target is None or t.counters.stage_step % cfg.refresh == 0):

@@ -160,7 +160,7 @@ class Trainer:
         diagnose = bool(every) and (self.counters.step + 1) % every == 0
         if self.task_step is not None and (self.task_step.cfg.method != "none" or diagnose):
             stats, info = self.task_step.run(sb, scales, step_acc)
-            if not bool(torch.isfinite(stats[0])):
+            if not bool(torch.isfinite(stats.sum())):
                 self.engine.skip_next_step()
             self.engine.set_boundary(True)
             self.engine.step()
@@ -184,15 +184,17 @@ class Trainer:
                 # (then all skip the update), the step's per-direction losses (for policies) and
                 # whether any rank was asked to stop (preemption).
                 stats = self.reduce_stats(step_acc)
-                if not bool(torch.isfinite(stats[0])):
+                if not bool(torch.isfinite(stats.sum())):
                     self.engine.skip_next_step()
             self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
             self.engine.step()
         return self._after_step(sb, step_acc, stats)
 
     def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
+        """The step's [label-smoothed loss, nll, tokens] per direction summed over ranks, flat;
+        a non-finite loss anywhere makes `stats.sum()` non-finite."""
         stop = torch.tensor([1.0 if preemption.requested() else 0.0], dtype=step_acc.dtype)
-        stats = all_reduce_sum(torch.cat([step_acc[0].sum().reshape(1), step_acc[1], step_acc[2], stop]))
+        stats = all_reduce_sum(torch.cat([step_acc[0], step_acc[1], step_acc[2], stop]))
         self.stop_requested = bool(stats[-1] > 0)
         return stats[:-1]
 
@@ -207,10 +209,11 @@ class Trainer:
             self._acc += step_acc
             self._acc_eval += step_acc
             self.counters.bad_in_a_row = 0
-            k = len(self.names)
-            nll, tok = stats[1 : k + 1].numpy()[self.stage_ids], stats[k + 1 :].numpy()[self.stage_ids]
+            per_dir = stats.reshape(3, len(self.names)).numpy()[:, self.stage_ids]
+            # Each policy reads the loss its paper uses: the DRO family the label-smoothed one.
+            summed, tok = per_dir[0 if self.policy.train_loss == "smoothed" else 1], per_dir[2]
             with np.errstate(invalid="ignore", divide="ignore"):
-                self.policy.observe_train(self.counters.stage_step, np.where(tok > 0, nll / tok, np.nan), tok)
+                self.policy.observe_train(self.counters.stage_step, np.where(tok > 0, summed / tok, np.nan), tok)
             if self.probe is not None and self.counters.stage_step % self.policy.every == 0:
                 self.align()
         else:

@@ -42,7 +42,7 @@ def test_cpu_add_dropout_matches_its_definition_to_second_order() -> None:
     kept = (out - x).detach().ne(0)
     assert abs(kept.double().mean().item() - 0.9) < 0.005
     torch.testing.assert_close(out, x + torch.where(kept, y / 0.9, 0.0), rtol=0, atol=1e-12)
-    # Double backward through the custom function, as CATS' Hessian-vector products need.
+    # Double backward through the custom function, as curvature_aware's Hessian-vector products need.
     gx, gy = torch.autograd.grad((out**2).sum(), (x, y), create_graph=True)
     torch.testing.assert_close(gx, 2 * out)
     torch.testing.assert_close(gy, torch.where(kept, 2 * out / 0.9, 0.0))

@@ -1,13 +1,19 @@
-"""Weights learned from gradients: MultiDDS-S (Wang et al. 2020) and CATS (Li & Gong 2021).
+"""Weights learned from gradients: MultiDDS-S (Wang et al. 2020) and `curvature_aware`, our own.
 
 Both refresh every `every` steps from one train batch and one dev batch per direction (see
 `pipeline/alignment.py`), which the trainer computes when `needs_gradients` is set.
 
 MultiDDS-S: reward r_i = mean over dev directions j of cos(∇L_train_i, ∇L_dev_j); a scorer with
-one logit per direction (p = softmax) takes Adam steps on −Σ r_i log p_i. The scorer starts at
-the proportional distribution (logits = log sizes). Scorer and Adam state are checkpointed.
+one logit per direction (p = softmax) takes `steps` Adam steps on −Σ r_i log p_i at each update
+(cindyxinyiwang/multiDDS, multidds_s.sh: --data-actor-lr 1e-4 --data-actor-optim-step 200
+--update-language-sampling 1000 --utility-type ave). The scorer starts at the proportional
+distribution (logits = log sizes: the reference pretrains its scorer to the data-size prior with
+--datasize-t 1). Scorer and Adam state are checkpointed.
 
-CATS, as built here (the estimator is ours; the paper's idea): weights α on the simplex with
+`curvature_aware` is NOT CATS (Li & Gong 2021, "curvature aware task scaling"): that paper
+rescales task gradients by a meta-objective whose equations we could not read, so its
+algorithm is not implemented here. This policy is our own second-order model, applied as
+sampling weights, inspired by the paper's aim (low curvature, uniformly low loss): weights α on the simplex with
 α ≥ ε minimise the second-order prediction of the mean dev loss after a unit step along the
 weighted sum of unit train gradients v_i:
     Q(α) = −Σ_i α_i a_i + (λ/2) Σ_ij α_i α_j K_ij,
@@ -38,8 +44,8 @@ from ..sampling import Sampler, register
 
 @dataclass
 class MultiDdsParams:
-    lr: float = 1e-4  # scorer Adam learning rate (the paper's code uses 1e-4)
-    steps: int = 1  # Adam steps per update
+    lr: float = 1e-4  # scorer Adam learning rate (multidds_s.sh: --data-actor-lr 0.0001)
+    steps: int = 200  # Adam steps per update (multidds_s.sh: --data-actor-optim-step 200)
     probe_tokens: int = 2000  # tokens per probe batch
 
     def check(self, path: str) -> list[tuple[str, str]]:
@@ -90,7 +96,7 @@ class MultiDds(Sampler):
 
 
 @dataclass
-class CatsParams:
+class CurvatureAwareParams:
     epsilon: float = 1e-3  # floor on every weight
     curvature_weight: float = 1.0  # λ
     rate: float = 0.5  # how far α moves toward the minimiser per update
@@ -121,7 +127,7 @@ def project_floor_simplex(x: np.ndarray, eps: float) -> np.ndarray:
     return eps + (1 - n * eps) * np.maximum(y - theta, 0.0)
 
 
-def cats_minimiser(a: np.ndarray, k: np.ndarray, lam: float, eps: float, start: np.ndarray, steps: int) -> np.ndarray:
+def curvature_minimiser(a: np.ndarray, k: np.ndarray, lam: float, eps: float, start: np.ndarray, steps: int) -> np.ndarray:
     """argmin over the floored simplex of −aᵀα + (λ/2) αᵀKα, by projected gradient descent."""
     k = 0.5 * (k + k.T)
     lipschitz = max(1e-8, lam * float(np.abs(np.linalg.eigvalsh(k)).max()))
@@ -132,13 +138,13 @@ def cats_minimiser(a: np.ndarray, k: np.ndarray, lam: float, eps: float, start: 
     return alpha
 
 
-class Cats(Sampler):
-    kind = "cats"
+class CurvatureAware(Sampler):
+    kind = "curvature_aware"
     dynamic = True
     needs_gradients = True
     wants_curvature = True
 
-    def __init__(self, names: Any, sizes: Any, params: CatsParams) -> None:
+    def __init__(self, names: Any, sizes: Any, params: CurvatureAwareParams) -> None:
         super().__init__(names, sizes)
         self.params = params
         self.alpha = project_floor_simplex(self.data_p.copy(), params.epsilon)
@@ -149,7 +155,7 @@ class Cats(Sampler):
 
     def observe_alignment(self, step: int, info: dict[str, Any]) -> None:
         a, k = info["dev_alignment"], info["curvature"]
-        target = cats_minimiser(a, k, self.params.curvature_weight, self.params.epsilon, self.alpha,
+        target = curvature_minimiser(a, k, self.params.curvature_weight, self.params.epsilon, self.alpha,
                                 self.params.solver_steps)
         self.alpha = project_floor_simplex((1 - self.params.rate) * self.alpha + self.params.rate * target,
                                            self.params.epsilon)
@@ -168,4 +174,4 @@ class Cats(Sampler):
 
 
 register("multidds", MultiDdsParams, MultiDds)
-register("cats", CatsParams, Cats)
+register("curvature_aware", CurvatureAwareParams, CurvatureAware)
