@@ -92,8 +92,8 @@ class Trainer:
         batch_sampler = self.policy if cfg.apply == "sample" else build_sampler(SamplingConfig(cfg.batches), names, sizes)
         specs = {d.name: d for d in self.corpus.manifest.directions}
         t = self.recipe.train
-        # A dynamic policy's p takes effect when the next chunk is planned: plan at its cadence.
-        chunk = min(t.chunk_steps, self.policy.every) if self.policy.dynamic and cfg.apply == "sample" else t.chunk_steps
+        # A dynamic policy's p takes effect when a chunk is planned: chunks start at its updates.
+        period = self.policy.every if self.policy.dynamic and cfg.apply == "sample" else None
         self.stage_ids = np.array([self.names.index(n) for n in names])
         self.task_step = None
         scfg = self.recipe.stage_surgery(stage)
@@ -114,8 +114,8 @@ class Trainer:
             list(self.stage_ids),
             [self.corpus.tokenizer.tag_id(specs[n].tgt) for n in names],
             batch_sampler,
-            seed=self.recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=chunk,
-            world=self.dist.world, rank=self.dist.rank, accum=t.grad_accum,
+            seed=self.recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=t.chunk_steps,
+            world=self.dist.world, rank=self.dist.rank, accum=t.grad_accum, period=period,
         )
         if not fresh:
             return

@@ -1,7 +1,9 @@
 """Token-budget micro-batches whose direction mix follows the sampler, in a resumable order.
 
-Steps are grouped into chunks of `chunk_steps`. For chunk c the stream draws directions from the
-sampler's p (frozen at the chunk's start) with a generator seeded by (seed, stage, c), takes each
+Steps are grouped into chunks of `chunk_steps`. With a `period` (a dynamic policy's update
+cadence) chunks never straddle a multiple of it: each period is cut into chunks of `chunk_steps`,
+its last one shorter, so a p updated after step k·period drives exactly the steps from there.
+For chunk c the stream draws directions from the sampler's p (frozen at the chunk's start) with a generator seeded by (seed, stage, c), takes each
 direction's examples in the order of a per-epoch permutation (seeded by seed, stage, direction,
 epoch) from a saved cursor, sorts them by length, packs them into micro-batches of at most
 `max_tokens` padded tokens and shuffles the batches. Every rank builds the same plan and takes its
@@ -95,11 +97,15 @@ class BatchStream:
         world: int = 1,
         rank: int = 0,
         accum: int = 1,
+        period: int | None = None,
     ) -> None:
         self.splits, self.dir_ids, self.tags = list(splits), list(dir_ids), list(tags)
         self.sampler = sampler
         self.seed, self.stage = seed, stage
         self.max_tokens, self.chunk_steps = max_tokens, chunk_steps
+        self.period = period
+        # chunks per period: a period of P steps is cut into ceil(P / chunk_steps) chunks
+        self._per_period = 0 if period is None else -(-period // chunk_steps)
         self.world, self.rank, self.accum = world, rank, accum
         self.sizes = [np.maximum(s.src_lens + 2, s.tgt_lens + 1) for s in self.splits]
         self.tgt_sizes = [s.tgt_lens + 1 for s in self.splits]
@@ -138,8 +144,21 @@ class BatchStream:
                 ex[where[sel]] = self._perm(d, int(e))[ks[sel] % n]
         return ex
 
+    def chunk_of(self, step: int) -> int:
+        if self.period is None:
+            return step // self.chunk_steps
+        return (step // self.period) * self._per_period + (step % self.period) // self.chunk_steps
+
+    def span(self, chunk: int) -> tuple[int, int]:
+        """(first step, number of steps) of a chunk."""
+        if self.period is None:
+            return chunk * self.chunk_steps, self.chunk_steps
+        whole, sub = divmod(chunk, self._per_period)
+        first = sub * self.chunk_steps
+        return whole * self.period + first, min(self.chunk_steps, self.period - first)
+
     def _build(self, chunk: int, p: np.ndarray, cursors: np.ndarray) -> tuple[list[list[tuple[int, int]]], np.ndarray]:
-        need = self.chunk_steps * self.world * self.accum
+        need = self.span(chunk)[1] * self.world * self.accum
         mean = float(sum(pi * s.mean() for pi, s in zip(p, self.sizes)))
         n = max(need, int(need * self.max_tokens / mean * 0.9))
         best: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
@@ -167,7 +186,7 @@ class BatchStream:
         return plan, cursors + used
 
     def _ensure(self, step: int) -> None:
-        chunk = step // self.chunk_steps
+        chunk = self.chunk_of(step)
         if chunk == self.chunk:
             return
         if chunk != self.chunk + 1 and self.chunk >= 0:
@@ -182,7 +201,7 @@ class BatchStream:
         """This rank's micro-batches for stage-local `step` (steps must be asked for in order)."""
         self._ensure(step)
         per_step = self.world * self.accum
-        base = (step - self.chunk * self.chunk_steps) * per_step
+        base = (step - self.span(self.chunk)[0]) * per_step
         glob = self._plan[base : base + per_step]
         dir_tokens: dict[int, int] = {}
         for mb in glob:

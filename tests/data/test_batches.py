@@ -106,3 +106,36 @@ def test_directions_follow_p_and_every_example_is_seen_each_epoch():
 def test_an_example_larger_than_the_budget_is_refused():
     with pytest.raises(ValueError, match="max_tokens 10 is smaller than an example"):
         stream(max_tokens=10)
+
+
+class _ScriptedPolicy:
+    """A dynamic policy whose p changes after every `every` steps (at stage steps 50, 100, ...)."""
+
+    def __new__(cls, every):
+        s = build_sampler(SamplingConfig("uniform"), NAMES, [len(x) for x in SPLITS])
+        s.every, s.dynamic = every, True
+        s.probabilities = lambda step: np.roll([0.8, 0.15, 0.05], step // every)
+        return s
+
+
+@pytest.mark.parametrize("every,chunk_steps", [(50, 32), (7, 4), (4, 8), (12, 4)])
+def test_a_new_distribution_drives_exactly_the_steps_after_its_update(every, chunk_steps):
+    """Issue 14.7: with every 50 and chunks of 32 a new p took effect up to 31 steps late and the
+    periods alternated 32/64 steps. Chunks now start at every multiple of `every`."""
+    sampler = _ScriptedPolicy(every)
+    s = BatchStream(SPLITS, [0, 1, 2], [7, 8, 9], sampler, seed=5, stage=0, max_tokens=300,
+                    chunk_steps=chunk_steps, period=every)
+    starts = []
+    for step in range(3 * every + 5):
+        sb = s.step_batches(step)
+        assert len(sb.micro) == 1
+        np.testing.assert_array_equal(s.p, np.roll([0.8, 0.15, 0.05], step // every))
+        starts.append(s.span(s.chunk)[0])
+    # every chunk starts at a multiple of chunk_steps within its period
+    assert all((a % every) % chunk_steps == 0 for a in starts)
+    # a resumed stream rebuilds the same chunk mid-way
+    t = BatchStream(SPLITS, [0, 1, 2], [7, 8, 9], _ScriptedPolicy(every), seed=5, stage=0, max_tokens=300,
+                    chunk_steps=chunk_steps, period=every)
+    t.load_state_dict(s.state_dict())
+    step = 3 * every + 5
+    assert rows(t.step_batches(step)) == rows(s.step_batches(step))
