@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="replace only the rows run now in --results, keep the others")
     ap.add_argument("--reference", default="", help="excess_dro's reference run (default: --out/temperature_t1)")
-    ap.add_argument("--sweep-ratios", default="0.1,0.3,0.5,0.7,0.9", help="scaling_law: low-resource shares")
+    ap.add_argument("--sweep-ratios", default="0.05,0.1,0.2,0.3,0.5,0.7,0.9", help="scaling_law: low-resource shares")
     ap.add_argument("--sweep-steps", type=int, default=600, help="scaling_law: steps of each sweep run")
     args = ap.parse_args()
     out = Path(args.out)

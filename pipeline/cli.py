@@ -27,7 +27,7 @@ EPILOG = """examples:
   mmtc status runs/x                         # stages, step, checkpoint, monitors, last events
   mmtc eval runs/x --split test              # BLEU and chrF per direction
   echo "Where is the station?" | mmtc translate runs/x --src eng --tgt fra
-  mmtc sweep stages/temperature_t1.yaml --ratios 0.1,0.3,0.5,0.7,0.9 --out runs/sweep
+  mmtc sweep stages/temperature_t1.yaml --out runs/sweep    # 7 ratios of lrl by default
   mmtc scaling fit runs/sweep/sweep.json      # L(p, D) per direction
   mmtc scaling solve runs/sweep/scaling_fit.json --recipe stages/demo.yaml --out stages/scaling.yaml
   mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="short runs at several sampling ratios (for the scaling law and the Pareto front)")
     sw.add_argument("recipe")
-    sw.add_argument("--ratios", required=True, help="comma-separated probabilities of --group, e.g. 0.1,0.3,0.5")
+    sw.add_argument("--ratios", default="0.05,0.1,0.2,0.3,0.5,0.7,0.9",
+                    help="comma-separated probabilities of --group (default: 7 ratios, the fewest for the "
+                         "scaling law's leave-one-out error)")
     sw.add_argument("--group", default="lrl", help="the group whose share is swept (default lrl)")
     sw.add_argument("--out", required=True, help="directory for the runs and sweep.json")
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scaling", help="fit the scaling law to a sweep, and solve for the weights")
     scs = sc.add_subparsers(dest="scaling_command", required=True)
-    fit = scs.add_parser("fit", help="fit L(p, D) per direction to a sweep's final dev losses")
+    fit = scs.add_parser("fit", help="fit L(p) = a p^-α + b p^β + M∞ per direction to a sweep's final dev losses")
     fit.add_argument("sweep_json", help="sweep.json written by mmtc sweep")
     fit.add_argument("--out", help="default: scaling_fit.json beside sweep.json")
     sol = scs.add_parser("solve", help="p = argmin Σ r_i L_i(p_i) on the simplex; optionally write a recipe")

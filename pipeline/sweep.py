@@ -108,10 +108,13 @@ def cmd_fit(sweep_json: Path, out: Path | None) -> str:
     fits = fit_sweep(sweep_json)
     out = out or sweep_json.with_name("scaling_fit.json")
     save_fits(fits, out)
-    rows = [f"scaling-law fit per direction ({out}):", f"  {'direction':<12}{'D':>8}{'points':>8}{'rmse':>9}  params"]
+    rows = [f"scaling-law fit per direction ({out}): L(p) = a p^-alpha + b p^beta + m_inf",
+            f"  {'direction':<12}{'D':>8}{'points':>8}{'loo rmse':>10}  params"]
     for f in fits:
         params = " ".join(f"{k}={v:.3g}" for k, v in f.params.items())
-        rows.append(f"  {f.direction:<12}{f.size:>8}{f.points:>8}{f.rmse:>9.4f}  {params}")
+        loo = "n/a" if f.loo_rmse is None else f"{f.loo_rmse:.4f}"
+        rows.append(f"  {f.direction:<12}{f.size:>8}{f.points:>8}{loo:>10}  {params}")
+    rows.append("  loo rmse: each ratio's dev loss predicted by the law fitted to the other ratios")
     return "\n".join(rows)
 
 

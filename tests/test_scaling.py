@@ -4,28 +4,60 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.scaling import PARAMS, Fit, fit_direction, law, load_fits, save_fits, solve
+from pipeline.scaling import PARAMS, Fit, fit_direction, from_chen, law, load_fits, save_fits, solve
 from pipeline.sweep import ratio_weights
 
-TRUE = {"k": 5.0, "alpha": 0.4, "gamma": 0.1, "b": 0.5, "q": 2.0, "beta": 0.6, "m_inf": 1.5}
+# Chen et al.'s seven parameters at one data size D = 20,000
+CHEN = {"k": 5.0, "alpha": 0.4, "gamma": 0.1, "b": 0.5, "q": 2.0, "beta": 0.6, "m_inf": 1.5}
+SIZE = 20000
+RATIOS = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
 
 
-def test_fit_recovers_the_law_from_noisy_synthetic_losses():
+def chen_law(p):
+    c = CHEN
+    return (c["k"] * p) ** -c["alpha"] + (SIZE ** c["gamma"] + c["b"]) * (c["q"] * p) ** c["beta"] + c["m_inf"]
+
+
+def test_identifiable_form_by_hand():
+    """At one D the seven parameters collapse to five: A = k^-α = 5^-0.4, B = (D^γ + b)·q^β."""
+    ident = from_chen(**CHEN, size=SIZE)
+    assert ident["a"] == pytest.approx(5.0 ** -0.4) and ident["a"] == pytest.approx(0.525306, abs=1e-6)
+    assert ident["b"] == pytest.approx((20000 ** 0.1 + 0.5) * 2 ** 0.6)
+    assert ident["b"] == pytest.approx(4.838430, abs=1e-6)  # (2.692148 + 0.5) · 1.515717
+    np.testing.assert_allclose(law(RATIOS, *[ident[k] for k in PARAMS]), chen_law(RATIOS), rtol=1e-12)
+
+
+def test_fit_recovers_the_identifiable_parameters_from_exact_losses():
+    fit = fit_direction("x", SIZE, RATIOS, chen_law(RATIOS), starts=24)
+    truth = from_chen(**CHEN, size=SIZE)
+    for k in PARAMS:
+        assert fit.params[k] == pytest.approx(truth[k], rel=2e-3), k
+    assert fit.loo_rmse < 1e-3
+
+
+def test_fit_on_noisy_losses_and_its_leave_one_out_error():
     rng = np.random.default_rng(0)
-    size = 20000
-    p = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
-    clean = law(p, size, *[TRUE[k] for k in PARAMS])
-    noisy = clean + rng.normal(scale=0.01, size=len(p))
-    fit = fit_direction("x", size, p, noisy, starts=24)
-    assert fit.rmse < 0.02  # about the noise level
+    noisy = chen_law(RATIOS) + rng.normal(scale=0.01, size=len(RATIOS))
+    fit = fit_direction("x", SIZE, RATIOS, noisy, starts=24)
+    assert fit.rmse < 0.02 and fit.loo_rmse < 0.06  # about the noise level
     grid = np.linspace(0.02, 0.9, 50)
-    # the identifiable quantity is the curve itself: it matches the true law closely
-    assert np.max(np.abs(fit.loss(grid) - law(grid, size, *[TRUE[k] for k in PARAMS]))) < 0.05
+    assert np.max(np.abs(fit.loss(grid) - chen_law(grid))) < 0.05
+
+
+def test_leave_one_out_error_exposes_data_the_law_does_not_describe():
+    """Five parameters fit anything at five points (in-sample rmse 0): the leave-one-out error of
+    a zigzag the law cannot follow is large, that of the law's own curve is not."""
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
+    zigzag = np.array([3.0, 2.0, 3.0, 2.0, 3.0, 2.0, 3.0])
+    assert fit_direction("z", SIZE, p, zigzag, starts=12).loo_rmse > 0.4
+    assert fit_direction("x", SIZE, p, chen_law(p), starts=12).loo_rmse < 0.01
+    with pytest.raises(ValueError, match="at least 6 ratios"):
+        fit_direction("x", SIZE, p[:5], chen_law(p[:5]))
+    assert fit_direction("x", SIZE, p[:6], chen_law(p[:6]), starts=4).loo_rmse is None
 
 
 def fake_fit(name, k, alpha, c, beta, m):
-    return Fit(name, 1000, {"k": k, "alpha": alpha, "gamma": 0.0, "b": c - 1.0, "q": 1.0, "beta": beta,
-                            "m_inf": m}, 0.0, 5)
+    return Fit(name, 1000, from_chen(k, alpha, 0.0, c - 1.0, 1.0, beta, m, 1000), 0.0, 7)
 
 
 @pytest.mark.parametrize("fits", [
@@ -73,8 +105,8 @@ def test_solver_stays_within_the_swept_ratios_unless_told_to_extrapolate():
 
 
 def test_fit_records_its_ratio_range_and_round_trips(tmp_path):
-    p = np.array([0.05, 0.2, 0.4])
-    fit = fit_direction("x", 1000, p, law(p, 1000, *[TRUE[k] for k in PARAMS]), starts=4)
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4])
+    fit = fit_direction("x", 1000, p, chen_law(p), starts=4)
     assert fit.p_range == (0.05, 0.4)
     save_fits([fit], tmp_path / "fit.json")
     assert load_fits(tmp_path / "fit.json") == [fit]

@@ -25,18 +25,18 @@ def mmtc(args, env, cwd):
 def test_sweep_fit_solve(tmp_path, mmtc_env):
     recipe = tiny_recipe(tmp_path, write_corpus(tmp_path))
     out = tmp_path / "sweep"
-    mmtc(["sweep", str(recipe), "--ratios", "0.1,0.4,0.7", "--group", "lrl", "--out", str(out),
-          "--set", "train.max_steps=8", "--set", "eval.splits=[]"], mmtc_env, tmp_path)
+    mmtc(["sweep", str(recipe), "--group", "lrl", "--out", str(out),  # the default: 7 ratios
+          "--set", "train.max_steps=4", "--set", "eval.splits=[]"], mmtc_env, tmp_path)
     sweep = json.loads((out / "sweep.json").read_text())
-    assert [r["ratio"] for r in sweep["runs"]] == [0.1, 0.4, 0.7]
-    assert sweep["runs"][1]["weights"]["eng-pig"] == pytest.approx(0.4)
+    assert [r["ratio"] for r in sweep["runs"]] == [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
+    assert sweep["runs"][1]["weights"]["eng-pig"] == pytest.approx(0.1)
     for run in sweep["runs"]:
         cfg = yaml.safe_load(Path(run["run_dir"], "config.yaml").read_text())
         assert cfg["sampling"]["kind"] == "weights" and cfg["stages"] == []
     fit_out = mmtc(["scaling", "fit", str(out / "sweep.json")], mmtc_env, tmp_path)
     fits = json.loads((out / "scaling_fit.json").read_text())["fits"]
     assert {f["direction"] for f in fits} == {"eng-rev", "eng-upp", "eng-pig"}
-    assert all(f["points"] == 3 and f["rmse"] >= 0 for f in fits) and "rmse" in fit_out
+    assert all(f["points"] == 7 and f["loo_rmse"] >= 0 for f in fits) and "loo rmse" in fit_out
     solved = tmp_path / "solved.yaml"
     mmtc(["scaling", "solve", str(out / "scaling_fit.json"), "--importance", "eng-pig=2", "--recipe", str(recipe),
           "--out", str(solved)], mmtc_env, tmp_path)
