@@ -3,14 +3,17 @@ and the trajectory of each policy's distribution.
 
     python benchmarks/policy_table.py --steps 400 --out benchmarks/work/policies
     python benchmarks/policy_table.py --recipe stages/demo.yaml --set data.corpus=... --steps 2000
-    python benchmarks/policy_table.py --steps 1300 --only scaling_law,excess_dro --merge
+    python benchmarks/policy_table.py --steps 1300 --only scaling_law,doremi --merge
 
 Each policy runs as one single-stage `mmtc run` of the recipe (its stages replaced), then the
 table is printed and written to benchmarks/results/policy_table.json (`--merge`: only the rows
 run now are replaced, each row records the hardware it ran on).
 
-`excess_dro` takes its reference losses from this table's `temperature_t1` run under --out (train
-it first, or point `--reference` at any finished run). `scaling_law` first runs `mmtc sweep` (short
+`excess_group_dro` takes its reference losses from this table's `uniform` run under --out, and
+`doremi` the same run as its reference model (DoReMi's reference is trained on the reference
+mixture, uniform in the paper): train it first, or point `--reference` at any finished run of the
+same corpus. `doremi` runs `mmtc doremi` (a proxy of --doremi-steps steps against the reference),
+then trains with the proxy's averaged weights. `scaling_law` first runs `mmtc sweep` (short
 runs at --sweep-ratios of the low-resource share, --sweep-steps each), `mmtc scaling fit` and
 `mmtc scaling solve`, then trains with the solved weights; the sweep is reused when present.
 """
@@ -30,6 +33,7 @@ import yaml
 from machine import hardware
 
 POLICIES: dict[str, dict] = {
+    "uniform": {"kind": "uniform"},
     "temperature_t1": {"kind": "temperature", "params": {"temperature": 1.0}},
     "temperature_t5": {"kind": "temperature", "params": {"temperature": 5.0}},
     "schedule_5to1": {"kind": "temperature_schedule", "params": {"start": 5.0, "end": 1.0, "schedule": "step"},
@@ -41,7 +45,9 @@ POLICIES: dict[str, dict] = {
     "multidds": {"kind": "multidds", "params": {"probe_tokens": 1000}, "every": 50},
     "curvature_aware": {"kind": "curvature_aware", "params": {"probe_tokens": 1000}, "every": 50},
     "chi2_dro_loss_weight": {"kind": "chi2_dro", "params": {"rho": 0.05}, "every": 50, "apply": "loss_weight"},
-    "excess_dro": {"kind": "excess_dro", "params": {"eta": 0.01, "reference_from": "{reference}"}, "every": 10},
+    "excess_group_dro": {"kind": "excess_group_dro", "params": {"eta": 0.01, "reference_from": "{reference}"},
+                         "every": 10},
+    "doremi": {"kind": "weights", "params": {"weights": "{doremi}"}},
     "scaling_law": {"kind": "weights", "params": {"weights": "{solved}"}},
 }
 
@@ -67,13 +73,24 @@ def scaling_weights(args: argparse.Namespace, out: Path) -> dict[str, float]:
     return yaml.safe_load(solved.read_text())["sampling"]["params"]["weights"]
 
 
+def doremi_weights(args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """DoReMi's proxy against the reference run, then its averaged weights (out/doremi_proxy)."""
+    written = out / "doremi.yaml"
+    sets = [*args.set, f"train.max_steps={args.doremi_steps}", "eval.stage_end=false", "train.log_every=25"]
+    print(mmtc("doremi", args.reference or str(out / "uniform"), "--recipe", args.recipe, "--out", str(written),
+               "--run-dir", str(out / "doremi_proxy"), *[x for s in sets for x in ("--set", s)]), flush=True)
+    return yaml.safe_load(written.read_text())["sampling"]["params"]["weights"]
+
+
 def resolve(sampling: dict, args: argparse.Namespace, out: Path) -> dict:
-    """Fills the placeholders of POLICIES: the excess-loss reference run and the solved weights."""
+    """Fills the placeholders of POLICIES: the reference run and the solved or DoReMi weights."""
     params = dict(sampling.get("params", {}))
     if params.get("reference_from") == "{reference}":
-        params["reference_from"] = args.reference or str(out / "temperature_t1")
+        params["reference_from"] = args.reference or str(out / "uniform")
     if params.get("weights") == "{solved}":
         params["weights"] = scaling_weights(args, out)
+    if params.get("weights") == "{doremi}":
+        params["weights"] = doremi_weights(args, out)
     return {**sampling, "params": params}
 
 
@@ -118,7 +135,9 @@ def main() -> None:
                     help="train nothing: tabulate the finished runs under --out (e.g. after resuming them)")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the rows run now in --results, keep the others")
-    ap.add_argument("--reference", default="", help="excess_dro's reference run (default: --out/temperature_t1)")
+    ap.add_argument("--reference", default="",
+                    help="excess_group_dro's and doremi's reference run (default: --out/uniform)")
+    ap.add_argument("--doremi-steps", type=int, default=600, help="doremi: steps of the proxy run")
     ap.add_argument("--sweep-ratios", default="0.05,0.1,0.2,0.3,0.5,0.7,0.9", help="scaling_law: low-resource shares")
     ap.add_argument("--sweep-steps", type=int, default=600, help="scaling_law: steps of each sweep run")
     args = ap.parse_args()

@@ -30,6 +30,7 @@ EPILOG = """examples:
   mmtc sweep stages/temperature_t1.yaml --out runs/sweep    # 7 ratios of lrl by default
   mmtc scaling fit runs/sweep/sweep.json      # L(p, D) per direction
   mmtc scaling solve runs/sweep/scaling_fit.json --recipe stages/demo.yaml --out stages/scaling.yaml
+  mmtc doremi runs/uniform --recipe stages/demo.yaml --out stages/doremi.yaml   # proxy + averaged weights
   mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
   mmtc compare runs/a runs/b --out cmp --baseline runs/a   # runs side by side, Pareto front
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
@@ -110,6 +111,17 @@ def _parser() -> argparse.ArgumentParser:
     sol.add_argument("--extrapolate", action="store_true",
                      help="search the whole simplex (default: each p_i within the ratios its sweep tried)")
 
+    dr = sub.add_parser("doremi", help="DoReMi: train a proxy against a reference run, write its averaged weights "
+                                       "as a static-weights recipe")
+    dr.add_argument("reference_run", help="the reference model's run directory (same corpus and tokenizer)")
+    dr.add_argument("--recipe", required=True, help="the recipe the proxy trains with (its stages are replaced)")
+    dr.add_argument("--out", required=True, help="where to write the recipe with the averaged weights")
+    dr.add_argument("--run-dir", default="runs/doremi-proxy", help="the proxy's run directory")
+    dr.add_argument("--eta", type=float, default=1.0, help="step size of the weight update (the paper: 1)")
+    dr.add_argument("--smoothing", type=float, default=1e-3, help="mixing with uniform, c (the paper: 1e-3)")
+    dr.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    dr.add_argument("--nproc", type=int, default=1)
+
     data = sub.add_parser("data", help="corpus tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     chk = dsub.add_parser("check", help="validate a corpus manifest (or a recipe's corpus) and print its summary")
@@ -161,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                                    options_from_args(args), dry_run=args.dry_run))
                 return 0
             print(run_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets, args.nproc))
+            return 0
+        if args.command == "doremi":
+            from .doremi_run import run_doremi
+
+            print(run_doremi(args.reference_run, args.recipe, Path(args.out), Path(args.run_dir), args.sets,
+                             args.nproc, args.eta, args.smoothing))
             return 0
         if args.command == "scaling":
             from .sweep import cmd_fit, cmd_solve
@@ -290,9 +308,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     from .evaluate import translate_ids
-    from .evaluation_run import load_model
     from .rundir import RunDir
     from .tokenizer import Tokenizer
+    from .weights import load_model
 
     run = RunDir(args.run_dir)
     recipe = run.load_config()

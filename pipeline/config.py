@@ -90,9 +90,10 @@ class SamplingConfig:
 
     kind: str = "temperature"
     params: dict[str, Any] = field(default_factory=dict)
-    apply: Literal["sample", "loss_weight"] = "sample"  # draw batches by p, or weight the losses by p
+    # draw batches by p; or weight each direction's mean loss by p; or each token by p / batch share
+    apply: Literal["sample", "loss_weight", "token_weight"] = "sample"
     every: int = 1  # update cadence of a dynamic policy, in steps
-    batches: Literal["proportional", "uniform"] = "proportional"  # the batch mix under loss_weight
+    batches: Literal["proportional", "uniform"] = "proportional"  # the batch mix under loss/token_weight
 
     def check(self, path: str) -> Check:
         from .sampling import check_sampling

@@ -205,11 +205,15 @@ def check_sampling(cfg: SamplingConfig, path: str) -> list[tuple[str, str]]:
     kind = _registry().get(cfg.kind)
     if kind is None:
         return [(f"{path}.kind", f"unknown sampler {cfg.kind!r}; known: {', '.join(sorted(REGISTRY))}")]
+    out = []
+    need = getattr(kind.build, "requires_apply", None)
+    if need and cfg.apply != need:
+        out.append((f"{path}.apply", f"{cfg.kind} needs apply: {need} (got {cfg.apply})"))
     try:
         bind(kind.params, cfg.params, path=f"{path}.params")
     except ConfigError as exc:
-        return [(f"{path}.params", e) for e in exc.errors]
-    return []
+        out += [(f"{path}.params", e) for e in exc.errors]
+    return out
 
 
 def build_sampler(cfg: SamplingConfig, names: Sequence[str], sizes: Sequence[int], horizon: int = 0) -> Sampler:

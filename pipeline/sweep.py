@@ -97,10 +97,11 @@ def fit_sweep(sweep_json: Path) -> list[Fit]:
     return fits
 
 
-def write_recipe_with_weights(recipe_path: str, weights: dict[str, float], out: Path) -> None:
+def write_recipe_with_weights(recipe_path: str, weights: dict[str, float], out: Path,
+                              source: str = "scaling-law weights from `mmtc scaling solve`") -> None:
     data = yaml.safe_load(Path(recipe_path).read_text()) or {}
     data["sampling"] = {"kind": "weights", "params": {"weights": weights}}
-    header = f"# {recipe_path} with scaling-law weights from `mmtc scaling solve`\n"
+    header = f"# {recipe_path} with {source}\n"
     out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 

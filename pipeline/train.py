@@ -24,12 +24,13 @@ from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
 from .devloss import DevLoss
 from .engine import Dist, Engine, all_reduce_sum, peak_memory_mb
-from .model import Seq2SeqTransformer, resolve_arch
 from .monitors import Observation
 from .progress import Progress
 from .rundir import RunDir
 from .sampling import Sampler, build_sampler
 from .tensorboard import TensorBoardLog
+from .typed_yaml import ConfigError
+from .weights import ReferenceModel, build_model, clipped_excess
 
 
 class TrainingStopped(RuntimeError):
@@ -47,10 +48,6 @@ class Counters:
     finished: bool = False
 
 
-def build_model(recipe: RecipeConfig, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
-    return Seq2SeqTransformer(resolve_arch(recipe.model), vocab_size, pad_id)
-
-
 class Trainer:
     def __init__(self, recipe: RecipeConfig, run: RunDir, dist: Dist, corpus: PreparedCorpus) -> None:
         self.recipe, self.run, self.dist, self.corpus = recipe, run, dist, corpus
@@ -66,6 +63,7 @@ class Trainer:
         self.apply = "sample"
         self.stage_ids = np.arange(len(self.names))
         self.dev = DevLoss(corpus, dist)
+        self.reference: ReferenceModel | None = None  # DoReMi's frozen reference model
         # [loss, nll, tokens] per direction: since the last log line, and since the last dev eval
         self._acc = torch.zeros(3, len(self.names), dtype=torch.float64)
         self._acc_eval = torch.zeros(3, len(self.names), dtype=torch.float64)
@@ -88,6 +86,7 @@ class Trainer:
         cfg = self.recipe.stage_sampling(stage)
         self.policy = build_sampler(cfg, names, sizes, horizon=self.progress.limit() - start)
         self.apply = cfg.apply
+        self.reference = self._reference(self.policy, stage.name)
         # Under loss_weight the policy only weighs losses; batches keep their own (static) mix.
         batch_sampler = self.policy if cfg.apply == "sample" else build_sampler(SamplingConfig(cfg.batches), names, sizes)
         specs = {d.name: d for d in self.corpus.manifest.directions}
@@ -126,6 +125,19 @@ class Trainer:
         self.event("stage_start", stage=stage.name, directions=names, optimizer=stage.optimizer,
                    lr_schedule=stage.lr_schedule, lr=self.engine.lr())
 
+    def _reference(self, policy: Sampler, stage: str) -> ReferenceModel | None:
+        if not getattr(policy, "wants_reference", False):
+            return None
+        if self.recipe.stage_surgery(self.stages[self.counters.stage]).method != "none":
+            raise ConfigError([f"stages.{stage}: {policy.kind} scores the plain step's tokens; it does not combine "
+                               "with gradient surgery"])
+        params = policy.params  # type: ignore[attr-defined]
+        old = self.reference
+        if old is not None and (old.run_dir, old.tag) == (params.reference_run, params.reference_checkpoint or old.tag):
+            return old
+        return ReferenceModel(params.reference_run, params.reference_checkpoint, self.corpus.tokenizer.path,
+                              self.dist.device)
+
     def event(self, kind: str, **fields: Any) -> None:
         if self.dist.is_main:
             self.run.append(self.run.events, {"step": self.counters.step, "event": kind, **fields})
@@ -136,16 +148,23 @@ class Trainer:
 
         sample: every token counts the same, 1 / (the step's target tokens). loss_weight: each
         direction's mean token loss weighted by the policy, over the directions in the step.
+        token_weight: each token weighted by p_d / (its direction's batch share), normalised over
+        the step's tokens (DoReMi's proxy objective).
         """
         n = self.dist.world * self.recipe.train.grad_accum
         if self.apply == "sample":
             return torch.full((len(self.names),), n / max(1, sb.global_tgt_tokens), dtype=torch.float32)
-        assert self.progress is not None
+        assert self.progress is not None and self.stream is not None and self.stream.p is not None
         w = np.zeros(len(self.names))
         w[self.stage_ids] = self.policy.probabilities(self.counters.stage_step)
         tokens = np.zeros(len(self.names))
         for d, k in sb.dir_tokens.items():
             tokens[d] = k
+        if self.apply == "token_weight":
+            share = np.ones(len(self.names))
+            share[self.stream.dir_ids] = self.stream.p
+            w = w / np.maximum(share, 1e-300)
+            return torch.tensor(n * w / max(float((w * tokens).sum()), 1e-300), dtype=torch.float32)
         w = np.where(tokens > 0, w, 0.0)
         w = w / w.sum() if w.sum() > 0 else np.where(tokens > 0, 1.0, 0.0) / max(1, (tokens > 0).sum())
         return torch.tensor(n * w / np.maximum(tokens, 1), dtype=torch.float32)
@@ -154,7 +173,8 @@ class Trainer:
         """One optimizer step; False when it was skipped (non-finite loss or gradient somewhere)."""
         dev = self.dist.device
         scales = self.token_scales(sb).to(dev)
-        step_acc = torch.zeros_like(self._acc)
+        # [loss, nll, tokens, clipped excess over the reference] per direction
+        step_acc = torch.zeros(4, len(self.names), dtype=torch.float64)
         faults.signal_if(self.counters.step + 1, self.dist.rank, self.dist.world)
         every = self.recipe.train.grad_similarity_every
         diagnose = bool(every) and (self.counters.step + 1) % every == 0
@@ -179,6 +199,9 @@ class Trainer:
                 step_acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
                 step_acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
                 step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
+                if self.reference is not None:
+                    ref = self.reference.nll(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
+                    step_acc[3].index_add_(0, d, clipped_excess(nll_tok, ref, tgt_out).double().cpu())
             if i == len(sb.micro) - 1:
                 # One all-reduce per step: every rank learns whether any loss was non-finite
                 # (then all skip the update), the step's per-direction losses (for policies) and
@@ -186,15 +209,22 @@ class Trainer:
                 stats = self.reduce_stats(step_acc)
                 if not bool(torch.isfinite(stats.sum())):
                     self.engine.skip_next_step()
+                elif self.reference is not None:
+                    # DoReMi updates its weights from the step's excess before the loss that the
+                    # step's gradient comes from (with grad_accum > 1 the earlier micro-batches
+                    # used the previous weights, as in the reference code).
+                    per_dir = stats.reshape(4, len(self.names)).numpy()[:, self.stage_ids]
+                    self.policy.observe_excess(self.counters.stage_step + 1, per_dir[3], per_dir[2])  # type: ignore[attr-defined]
+                    scales = self.token_scales(sb).to(dev)
             self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
             self.engine.step()
         return self._after_step(sb, step_acc, stats)
 
     def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
-        """The step's [label-smoothed loss, nll, tokens] per direction summed over ranks, flat;
+        """The step's [label-smoothed loss, nll, tokens, excess] per direction summed over ranks, flat;
         a non-finite loss anywhere makes `stats.sum()` non-finite."""
         stop = torch.tensor([1.0 if preemption.requested() else 0.0], dtype=step_acc.dtype)
-        stats = all_reduce_sum(torch.cat([step_acc[0], step_acc[1], step_acc[2], stop]))
+        stats = all_reduce_sum(torch.cat([*step_acc, stop]))
         self.stop_requested = bool(stats[-1] > 0)
         return stats[:-1]
 
@@ -206,10 +236,10 @@ class Trainer:
         assert self.progress is not None
         self.progress.tokens += sb.global_tgt_tokens
         if applied:
-            self._acc += step_acc
-            self._acc_eval += step_acc
+            self._acc += step_acc[:3]
+            self._acc_eval += step_acc[:3]
             self.counters.bad_in_a_row = 0
-            per_dir = stats.reshape(3, len(self.names)).numpy()[:, self.stage_ids]
+            per_dir = stats.reshape(4, len(self.names)).numpy()[:, self.stage_ids]
             # Each policy reads the loss its paper uses: the DRO family the label-smoothed one.
             summed, tok = per_dir[0 if self.policy.train_loss == "smoothed" else 1], per_dir[2]
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -277,7 +307,7 @@ class Trainer:
             },
             "p": {self.names[i]: round(float(x), 6) for i, x in zip(self.stream.dir_ids, self.stream.p)},
         }
-        if self.apply == "loss_weight":
+        if self.apply != "sample":
             w = self.policy.probabilities(self.counters.stage_step)
             record["loss_weights"] = {self.names[i]: round(float(x), 6) for i, x in zip(self.stage_ids, w)}
         extra = self.policy.log_values()

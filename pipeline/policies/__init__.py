@@ -1,3 +1,3 @@
 """Dynamic weighting policies; importing this package registers them with `pipeline.sampling`."""
 
-from . import bandit, dro, learned, schedules  # noqa: F401
+from . import bandit, doremi, dro, learned, schedules  # noqa: F401

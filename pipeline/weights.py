@@ -1,0 +1,74 @@
+"""A run directory's trained weights as a plain module: for evaluation, translation and as the
+frozen reference model that DoReMi scores against."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import RecipeConfig
+from .engine import consolidated_state
+from .model import Seq2SeqTransformer, resolve_arch
+from .rundir import RunDir
+from .tokenizer import Tokenizer
+
+
+def build_model(recipe: RecipeConfig, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
+    return Seq2SeqTransformer(resolve_arch(recipe.model), vocab_size, pad_id)
+
+
+def load_model(run: RunDir, recipe: RecipeConfig, vocab_size: int, pad_id: int, tag: str | None = None,
+               device: torch.device | None = None) -> tuple[Seq2SeqTransformer, str]:
+    if tag is None:
+        found, notes = ckpt.discover(run.checkpoints)
+        if found is None:
+            raise FileNotFoundError(f"{run.checkpoints}: no committed checkpoint. {' '.join(notes)}")
+        tag_dir, meta = found.path, found.meta
+    else:
+        tag_dir = run.checkpoints / tag
+        meta, why = ckpt.verify(tag_dir)
+        if meta is None:
+            raise FileNotFoundError(f"{tag_dir}: not a usable checkpoint: {why}")
+    model = build_model(recipe, vocab_size, pad_id)
+    model.load_state_dict(consolidated_state(tag_dir, int(meta.get("zero_stage", 0))))
+    model.to(device or torch.device("cpu")).eval()
+    return model, tag_dir.name
+
+
+def _digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
+
+
+class ReferenceModel:
+    """An earlier run's frozen model scoring the trainer's target tokens. It must share the
+    trainer's tokenizer (same pieces, same ids), else its losses are of other tokens."""
+
+    def __init__(self, run_dir: str, tag: str | None, tokenizer: Path, device: torch.device) -> None:
+        run = RunDir(run_dir)
+        if not run.exists():
+            raise FileNotFoundError(f"reference run {run_dir}: no config.yaml there (not a run directory)")
+        if not run.tokenizer.is_file() or _digest(run.tokenizer) != _digest(tokenizer):
+            raise ValueError(f"reference run {run_dir} was trained with another tokenizer ({run.tokenizer}); "
+                             f"DoReMi's reference must tokenise as this run does ({tokenizer})")
+        recipe = run.load_config()
+        tok = Tokenizer(run.tokenizer)
+        self.model, self.tag = load_model(run, recipe, tok.vocab_size, tok.pad_id, tag, device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.run_dir = run_dir
+
+    @torch.no_grad()
+    def nll(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+        """Per-token NLL [B, T], 0 at pads."""
+        return self.model(src, tgt_in, tgt_out)[1]
+
+
+def clipped_excess(nll: torch.Tensor, ref_nll: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+    """Per-sequence sum of max(ℓ − ℓ_ref, 0) over real target tokens (DoReMi's per-token clip)."""
+    return ((nll.detach().float() - ref_nll.float()).clamp_min(0.0) * (tgt_out != 0)).sum(1)
+
+
+
