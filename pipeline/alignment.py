@@ -109,6 +109,22 @@ class GradientProbe:
         dev = [self.flat_grad(self._batch("dev", [n], step, 2))[0] for n in dev_names]
         return {"train": train, "dev": dev}
 
+    def for_policy(self, policy: Any, step: int, train_names: list[str]) -> dict[str, Any]:
+        """What `policy.observe_alignment` reads, in eval mode (no dropout, no random numbers drawn):
+        the cosines and, for a policy that `wants_curvature`, the dev alignment of the unit train
+        gradients and their curvature matrix K."""
+        t = self.t
+        t.engine.train(False)
+        info = self.cosines(step, train_names, t.names)
+        if getattr(policy, "wants_curvature", False):
+            dev_mean = torch.stack(info["dev_grads"]).mean(0)
+            units = [g / g.norm().clamp_min(1e-30) for g in info["train_grads"]]
+            info["dev_alignment"] = self.gram(units, [dev_mean])[:, 0]
+            info["curvature"] = self.curvature(step, t.names, info["train_grads"], policy.params.curvature_tokens)
+        t.engine.train(True)
+        del info["train_grads"], info["dev_grads"]
+        return info
+
     def cosines(self, step: int, names: list[str], dev_names: list[str]) -> dict[str, np.ndarray]:
         """cos[i, j] between train gradient i and dev gradient j, and the raw dot products."""
         g = self.gradients(step, names, dev_names)

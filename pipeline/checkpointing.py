@@ -46,7 +46,7 @@ class Checkpointer:
             "counters": t.counters_state(),
             "stream": None if t.stream is None else t.stream.state_dict(),
             "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
-            # Under loss_weight the policy is not the stream's sampler and is saved on its own.
+            # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
             "policy": None if t.stream is None or t.apply == "sample" else t.policy.state_dict(),
             "surgery": None if t.stream is None or t.task_step is None else t.task_step.state_dict(),
             "world": t.dist.world,

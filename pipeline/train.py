@@ -24,6 +24,7 @@ from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
 from .devloss import DevLoss
 from .engine import Dist, Engine, all_reduce_sum, peak_memory_mb
+from .loss_weights import direction_scales
 from .monitors import Observation
 from .progress import Progress
 from .rundir import RunDir
@@ -132,11 +133,9 @@ class Trainer:
             raise ConfigError([f"stages.{stage}: {policy.kind} scores the plain step's tokens; it does not combine "
                                "with gradient surgery"])
         params = policy.params  # type: ignore[attr-defined]
-        old = self.reference
-        if old is not None and (old.run_dir, old.tag) == (params.reference_run, params.reference_checkpoint or old.tag):
-            return old
-        return ReferenceModel(params.reference_run, params.reference_checkpoint, self.corpus.tokenizer.path,
-                              self.dist.device)
+        return ReferenceModel.reuse_or_load(self.reference, params.reference_run, params.reference_checkpoint,
+                                            self.corpus.tokenizer.path, self.dist.device,
+                                            {"fp32": torch.float32, "fp16": torch.float16}.get(self.recipe.train.precision, torch.bfloat16))
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.dist.is_main:
@@ -144,30 +143,19 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def token_scales(self, sb: StepBatches) -> torch.Tensor:
-        """Per-direction factor on summed token losses; DeepSpeed then divides by world × accum.
-
-        sample: every token counts the same, 1 / (the step's target tokens). loss_weight: each
-        direction's mean token loss weighted by the policy, over the directions in the step.
-        token_weight: each token weighted by p_d / (its direction's batch share), normalised over
-        the step's tokens (DoReMi's proxy objective).
-        """
+        """Per-direction factor on summed token losses (see `loss_weights.direction_scales`)."""
         n = self.dist.world * self.recipe.train.grad_accum
-        if self.apply == "sample":
+        if self.apply == "sample":  # no per-direction weights to ask the policy for
             return torch.full((len(self.names),), n / max(1, sb.global_tgt_tokens), dtype=torch.float32)
-        assert self.progress is not None and self.stream is not None and self.stream.p is not None
+        assert self.stream is not None and self.stream.p is not None
         w = np.zeros(len(self.names))
         w[self.stage_ids] = self.policy.probabilities(self.counters.stage_step)
         tokens = np.zeros(len(self.names))
         for d, k in sb.dir_tokens.items():
             tokens[d] = k
-        if self.apply == "token_weight":
-            share = np.ones(len(self.names))
-            share[self.stream.dir_ids] = self.stream.p
-            w = w / np.maximum(share, 1e-300)
-            return torch.tensor(n * w / max(float((w * tokens).sum()), 1e-300), dtype=torch.float32)
-        w = np.where(tokens > 0, w, 0.0)
-        w = w / w.sum() if w.sum() > 0 else np.where(tokens > 0, 1.0, 0.0) / max(1, (tokens > 0).sum())
-        return torch.tensor(n * w / np.maximum(tokens, 1), dtype=torch.float32)
+        share = np.ones(len(self.names))
+        share[self.stream.dir_ids] = self.stream.p
+        return torch.tensor(direction_scales(self.apply, n, w, tokens, share), dtype=torch.float32)
 
     def train_step(self, sb: StepBatches) -> bool:
         """One optimizer step; False when it was skipped (non-finite loss or gradient somewhere)."""
@@ -213,7 +201,7 @@ class Trainer:
                     # DoReMi updates its weights from the step's excess before the loss that the
                     # step's gradient comes from (with grad_accum > 1 the earlier micro-batches
                     # used the previous weights, as in the reference code).
-                    per_dir = stats.reshape(4, len(self.names)).numpy()[:, self.stage_ids]
+                    per_dir = self._per_direction(stats)
                     self.policy.observe_excess(self.counters.stage_step + 1, per_dir[3], per_dir[2])  # type: ignore[attr-defined]
                     scales = self.token_scales(sb).to(dev)
             self.engine.backward((seq_loss * scales[d.to(dev)]).sum())
@@ -228,6 +216,10 @@ class Trainer:
         self.stop_requested = bool(stats[-1] > 0)
         return stats[:-1]
 
+    def _per_direction(self, stats: torch.Tensor) -> np.ndarray:
+        """[loss, nll, tokens, excess] × the stage's directions, from `reduce_stats`."""
+        return stats.reshape(4, len(self.names)).numpy()[:, self.stage_ids]
+
     def _after_step(self, sb: StepBatches, step_acc: torch.Tensor, stats: torch.Tensor) -> bool:
         applied = self.engine.last_step_applied()
         self.counters.step += 1
@@ -239,7 +231,7 @@ class Trainer:
             self._acc += step_acc[:3]
             self._acc_eval += step_acc[:3]
             self.counters.bad_in_a_row = 0
-            per_dir = stats.reshape(4, len(self.names)).numpy()[:, self.stage_ids]
+            per_dir = self._per_direction(stats)
             # Each policy reads the loss its paper uses: the DRO family the label-smoothed one.
             summed, tok = per_dir[0 if self.policy.train_loss == "smoothed" else 1], per_dir[2]
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -253,21 +245,10 @@ class Trainer:
         return applied
 
     def align(self) -> None:
-        """Per-direction gradient statistics for a policy that learns from them (in eval mode, so
-        no dropout and no random numbers are drawn)."""
+        """Per-direction gradient statistics for a policy that learns from them."""
         assert self.probe is not None
         start = time.perf_counter()
-        train_names = [self.names[i] for i in self.stage_ids]
-        self.engine.train(False)
-        info = self.probe.cosines(self.counters.stage_step, train_names, self.names)
-        if getattr(self.policy, "wants_curvature", False):
-            dev_mean = torch.stack(info["dev_grads"]).mean(0)
-            units = [g / g.norm().clamp_min(1e-30) for g in info["train_grads"]]
-            info["dev_alignment"] = self.probe.gram(units, [dev_mean])[:, 0]
-            info["curvature"] = self.probe.curvature(self.counters.stage_step, self.names, info["train_grads"],
-                                                     self.policy.params.curvature_tokens)
-        self.engine.train(True)
-        del info["train_grads"], info["dev_grads"]
+        info = self.probe.for_policy(self.policy, self.counters.stage_step, [self.names[i] for i in self.stage_ids])
         self.policy.observe_alignment(self.counters.stage_step, info)
         self._probe_s += time.perf_counter() - start
 

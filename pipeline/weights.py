@@ -46,7 +46,8 @@ class ReferenceModel:
     """An earlier run's frozen model scoring the trainer's target tokens. It must share the
     trainer's tokenizer (same pieces, same ids), else its losses are of other tokens."""
 
-    def __init__(self, run_dir: str, tag: str | None, tokenizer: Path, device: torch.device) -> None:
+    def __init__(self, run_dir: str, tag: str | None, tokenizer: Path, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
         run = RunDir(run_dir)
         if not run.exists():
             raise FileNotFoundError(f"reference run {run_dir}: no config.yaml there (not a run directory)")
@@ -56,14 +57,25 @@ class ReferenceModel:
         recipe = run.load_config()
         tok = Tokenizer(run.tokenizer)
         self.model, self.tag = load_model(run, recipe, tok.vocab_size, tok.pad_id, tag, device)
+        # In the trainer's precision: an fp32 forward on CPU cost 3.5x a bf16 one (0.72 s against
+        # 0.20 s for 64x30 tokens on one core), per-token NLL equal to 3e-5 relative.
+        self.model.to(dtype)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.run_dir = run_dir
 
+    @classmethod
+    def reuse_or_load(cls, old: ReferenceModel | None, run_dir: str, tag: str | None, tokenizer: Path,
+                      device: torch.device, dtype: torch.dtype = torch.float32) -> ReferenceModel:
+        """The stage's reference: the previous stage's when it is the same checkpoint."""
+        if old is not None and old.run_dir == run_dir and (tag is None or tag == old.tag):
+            return old
+        return cls(run_dir, tag, tokenizer, device, dtype)
+
     @torch.no_grad()
     def nll(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         """Per-token NLL [B, T], 0 at pads."""
-        return self.model(src, tgt_in, tgt_out)[1]
+        return self.model(src, tgt_in, tgt_out)[1].float()
 
 
 def clipped_excess(nll: torch.Tensor, ref_nll: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ class Exp3(Sampler):
             return
         observed = self.sum_tok > 0
         now = np.where(observed, self.sum_loss / np.maximum(self.sum_tok, 1e-300), np.nan)
-        rewarded = observed & ~np.isnan(self.prev) & (np.nan_to_num(self.prev) > 0)
+        rewarded = observed & (np.nan_to_num(self.prev) > 0)  # seen before, with a positive loss
         self.last_reward[:] = np.nan
         if rewarded.any():
             raw = (self.prev[rewarded] - now[rewarded]) / self.prev[rewarded]

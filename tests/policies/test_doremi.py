@@ -56,19 +56,11 @@ def test_token_weight_scales_by_hand():
     """Each token weighted by α_d / s_d (s the batch share), normalised over the step's tokens, as
     the reference's compute_loss: α = [0.5, 0.3, 0.2], s = 1/3 each, tokens [10, 20, 30]:
     w = [1.5, 0.9, 0.6], Σ w·tokens = 51, so the scales are w / 51 (times world × accum = 2)."""
-    from types import SimpleNamespace
+    from pipeline.loss_weights import direction_scales
 
-    from pipeline.data.batches import StepBatches
-    from pipeline.train import Trainer
-
-    policy = SimpleNamespace(probabilities=lambda step: np.array([0.5, 0.3, 0.2]))
-    t = SimpleNamespace(dist=SimpleNamespace(world=2), recipe=SimpleNamespace(train=SimpleNamespace(grad_accum=1)),
-                        apply="token_weight", progress=object(), policy=policy, names=["a", "b", "c"],
-                        stage_ids=np.arange(3), counters=SimpleNamespace(stage_step=0),
-                        stream=SimpleNamespace(p=np.full(3, 1 / 3), dir_ids=[0, 1, 2]))
-    sb = StepBatches([], 60, {0: 10, 1: 20, 2: 30})
-    got = Trainer.token_scales(t, sb)
-    np.testing.assert_allclose(got.numpy(), 2 * np.array([1.5, 0.9, 0.6]) / 51, rtol=1e-6)
+    got = direction_scales("token_weight", 2, np.array([0.5, 0.3, 0.2]), np.array([10.0, 20.0, 30.0]),
+                           np.full(3, 1 / 3))
+    np.testing.assert_allclose(got, 2 * np.array([1.5, 0.9, 0.6]) / 51, rtol=1e-6)
 
 
 def test_doremi_needs_token_weighting_and_a_reference():
