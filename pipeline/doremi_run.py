@@ -38,7 +38,8 @@ def run_doremi(reference_run: str, recipe_path: str, out: Path, run_dir: Path, o
     if subprocess.call(cmd) != 0:
         raise RuntimeError(f"the DoReMi proxy run {run_dir} failed")
     weights = averaged_weights(run_dir)
-    write_recipe_with_weights(recipe_path, weights, out,
+    kept = write_recipe_with_weights(recipe_path, weights, out,
                               source=f"DoReMi's averaged weights (proxy {run_dir}, reference {reference_run})")
     rows = ["DoReMi weights (the proxy's average over training):"] + [f"  {k:<12}{v:.4f}" for k, v in weights.items()]
-    return "\n".join(rows + [f"written into {out}"])
+    note = f" (stages {', '.join(kept)} keep their own sampling)" if kept else ""
+    return "\n".join(rows + [f"written into {out}{note}"])

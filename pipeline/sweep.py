@@ -98,11 +98,27 @@ def fit_sweep(sweep_json: Path) -> list[Fit]:
 
 
 def write_recipe_with_weights(recipe_path: str, weights: dict[str, float], out: Path,
-                              source: str = "scaling-law weights from `mmtc scaling solve`") -> None:
+                              source: str = "scaling-law weights from `mmtc scaling solve`") -> list[str]:
+    """The recipe with `weights` as its sampling, at the top and in every stage that trains all
+    directions with a sampling of its own (else that stage would silently keep it). Stages on a
+    subset keep theirs: the weights were solved for all directions together. Returns the names
+    of the stages that kept their own sampling."""
     data = yaml.safe_load(Path(recipe_path).read_text()) or {}
-    data["sampling"] = {"kind": "weights", "params": {"weights": weights}}
+    sampling = {"kind": "weights", "params": {"weights": weights}}
+    data["sampling"] = sampling
+    kept = []
+    for i, stage in enumerate(data.get("stages") or []):
+        if not isinstance(stage, dict) or "sampling" not in stage:
+            continue
+        if "all" in (stage.get("directions") or ["all"]):
+            stage["sampling"] = dict(sampling)
+        else:
+            kept.append(str(stage.get("name", f"stages[{i}]")))
     header = f"# {recipe_path} with {source}\n"
+    if kept:
+        header += f"# stages on a subset of directions keep their own sampling: {', '.join(kept)}\n"
     out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return kept
 
 
 def cmd_fit(sweep_json: Path, out: Path | None) -> str:
@@ -127,6 +143,6 @@ def cmd_solve(fit_json: Path, importance: dict[str, float], recipe: str | None, 
     weights = {f.direction: round(float(x), 6) for f, x in zip(fits, p)}
     rows = ["p = argmin Σ r_i L_i(p_i):"] + [f"  {k:<12}{v:.4f}" for k, v in weights.items()]
     if recipe and out:
-        write_recipe_with_weights(recipe, weights, out)
-        rows.append(f"written into {out}")
+        kept = write_recipe_with_weights(recipe, weights, out)
+        rows.append(f"written into {out}" + (f" (stages {', '.join(kept)} keep their own sampling)" if kept else ""))
     return "\n".join(rows)

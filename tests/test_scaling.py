@@ -3,9 +3,10 @@ import itertools
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.scaling import PARAMS, Fit, fit_direction, from_chen, law, load_fits, save_fits, solve
-from pipeline.sweep import ratio_weights
+from pipeline.sweep import ratio_weights, write_recipe_with_weights
 
 # Chen et al.'s seven parameters at one data size D = 20,000
 CHEN = {"k": 5.0, "alpha": 0.4, "gamma": 0.1, "b": 0.5, "q": 2.0, "beta": 0.6, "m_inf": 1.5}
@@ -110,3 +111,19 @@ def test_fit_records_its_ratio_range_and_round_trips(tmp_path):
     assert fit.p_range == (0.05, 0.4)
     save_fits([fit], tmp_path / "fit.json")
     assert load_fits(tmp_path / "fit.json") == [fit]
+
+
+def test_weights_recipe_replaces_every_all_directions_sampling(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "r", "sampling": {"kind": "temperature", "params": {"temperature": 5.0}},
+        "stages": [{"name": "hrl", "directions": ["group:hrl"], "sampling": {"kind": "proportional"}},
+                   {"name": "mix", "directions": ["all"], "sampling": {"kind": "uniform"}},
+                   {"name": "tail"}]}))
+    out = tmp_path / "w.yaml"
+    kept = write_recipe_with_weights(str(recipe), {"a": 0.25, "b": 0.75}, out)
+    data = yaml.safe_load(out.read_text())
+    weights = {"kind": "weights", "params": {"weights": {"a": 0.25, "b": 0.75}}}
+    assert kept == ["hrl"] and "keep their own sampling: hrl" in out.read_text()
+    assert data["sampling"] == weights and data["stages"][1]["sampling"] == weights
+    assert data["stages"][0]["sampling"] == {"kind": "proportional"} and "sampling" not in data["stages"][2]
