@@ -23,17 +23,22 @@ class ResumeRefused(RuntimeError):
     pass
 
 
-def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
-    """Key paths where two plain config trees differ, with both values."""
+def diff_items(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(key path, old, new) wherever two plain config trees differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        out = []
+        out: list[tuple[str, Any, Any]] = []
         for k in sorted(set(a) | set(b)):
             sub = f"{path}.{k}" if path else str(k)
-            out += diff_plain(a.get(k), b.get(k), sub) if k in a and k in b else [f"{sub}: {a.get(k)!r} -> {b.get(k)!r}"]
+            out += diff_items(a.get(k), b.get(k), sub) if k in a and k in b else [(sub, a.get(k), b.get(k))]
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_plain(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_items(x, y, f"{path}[{i}]")]
+    return [] if a == b else [(path, a, b)]
+
+
+def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
+    """Key paths where two plain config trees differ, with both values."""
+    return [f"{k}: {old!r} -> {new!r}" for k, old, new in diff_items(a, b, path)]
 
 
 class Checkpointer:
@@ -77,30 +82,55 @@ class Checkpointer:
             state = t.engine.full_state_dict() if final else None
             if state is not None:
                 torch.save(state, root / tag / "consolidated.pt")
-        except OSError as exc:
+        # Any failure inside a save is a failed save: on a real full disk torch.save raises
+        # RuntimeError ("unexpected pos"), not OSError. Interrupts (BaseException) still propagate.
+        except Exception as exc:
             failed += 1
-            why = f"{type(exc).__name__}: {exc}"
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if bool(all_reduce_sum(failed) > 0):
-            found, _ = ckpt.discover(root, deep=False)
-            if t.dist.is_main:
-                shutil.rmtree(root / tag, ignore_errors=True)
-                keep = found.tag if found else "none"
-                print(f"checkpoint: saving {tag} FAILED ({why or 'on another rank'}); "
-                      f"the last committed checkpoint stays in use: {keep}", flush=True)
-            t.event("save_failed", tag=tag, error=why or "on another rank")
-            barrier()
-            return None
+            return self._failed(tag, why or "on another rank")
         barrier()
         committed = None
         if t.dist.is_main:
             meta = {"step": t.counters.step, "stage": stage.name, "stage_index": index, "final": final,
                     "world": t.dist.world, "zero_stage": t.engine.zero_stage, "corpus": t.corpus.fingerprint,
                     "recipe": to_plain(t.recipe)}
-            committed = ckpt.commit(root, tag, meta)
+            try:
+                committed = ckpt.commit(root, tag, meta)
+            except Exception as exc:  # the commit marker itself may not fit on the disk
+                failed += 1
+                why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # Only rank 0 commits: the others learn of a failed commit here.
+        if bool(all_reduce_sum(failed) > 0):
+            return self._failed(tag, why or "committing on rank 0")
+        if t.dist.is_main:
             ckpt.prune(root, t.recipe.train.keep_last)
             t.event("checkpoint", tag=tag, final=final)
         barrier()
         return committed
+
+    def _failed(self, tag: str, why: str) -> None:
+        """A failed save: its partial tag is removed (freeing what it took) before anything else is
+        written, and the last committed checkpoint stays the one a resume starts from."""
+        t = self.t
+        root = t.run.checkpoints
+        barrier()
+        found = None
+        if t.dist.is_main:
+            shutil.rmtree(root / tag, ignore_errors=True)
+            found, _ = ckpt.discover(root, deep=False)
+            latest = root / ckpt.LATEST
+            if latest.is_file() and latest.read_text().strip() == tag:
+                if found is None:
+                    latest.unlink()
+                else:
+                    ckpt.atomic_write_text(latest, found.tag + "\n")
+            keep = found.tag if found else "none"
+            print(f"checkpoint: saving {tag} FAILED ({why}); the last committed checkpoint stays in use: {keep}",
+                  flush=True)
+        t.event("save_failed", tag=tag, error=why, kept=found.tag if found else None)
+        barrier()
+        return None
 
     def restore(self, allow: set[str] | frozenset[str] = frozenset()) -> ckpt.Committed | None:
         t = self.t
@@ -144,6 +174,9 @@ class Checkpointer:
             self._truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
         t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world")} if resharded else {}))
+        changes = diff_items(found.meta.get("recipe"), to_plain(t.recipe))
+        if changes:  # _check_compatible let them through
+            self._record_changes(found.tag, changes)
         return found
 
     def _check_compatible(self, found: ckpt.Committed, allow: set[str] | frozenset[str]) -> None:
@@ -163,6 +196,23 @@ class Checkpointer:
                 f"refusing to resume from {found.path}:\n  - " + "\n  - ".join(problems)
                 + "\nPass --allow-change " + ",".join(sorted({p.split(':')[0].split()[0] for p in problems}))
                 + " to resume anyway.")
+
+    def _record_changes(self, tag: str, changes: list[tuple[str, Any, Any]]) -> None:
+        """An allowed recipe change: an event at the step it takes effect, and a line in run.json."""
+        t = self.t
+        items = [{"key": k, "old": old, "new": new} for k, old, new in changes]
+        t.event("recipe_changed", from_checkpoint=tag, changes=items)
+        if not t.dist.is_main:
+            return
+        import json
+
+        print("resume: recipe changed from the checkpoint's (allowed): "
+              + "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes), flush=True)
+        meta = json.loads(t.run.meta.read_text()) if t.run.meta.is_file() else {}
+        record = {"step": t.counters.step, "from_checkpoint": tag, "changes": items}
+        if record not in meta.setdefault("recipe_changes", []):
+            meta["recipe_changes"].append(record)
+            ckpt.atomic_write_text(t.run.meta, json.dumps(meta, indent=1))
 
     def _truncate_logs(self, step: int, tag: str | None = None) -> None:
         """Drop what a killed run logged after its last checkpoint; the resumed run logs it again.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,21 @@ EPILOG = """examples:
 """
 
 
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmt-curriculum")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mmtc", description="Multilingual MT training with curricula and balancing, on DeepSpeed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ap.add_argument("--version", action="version", version=f"mmtc {package_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a recipe (default: stages/demo.yaml), then evaluate")
@@ -54,13 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     mode.add_argument("--overwrite", action="store_true", help="delete --run-dir first")
+    run.add_argument("--allow-change", default="", metavar="WHAT",
+                     help="with --resume: resume although these differ from the checkpoint: world, corpus, recipe")
 
     res = sub.add_parser("resume", help="continue a run exactly where it stopped, or redo a stage")
     res.add_argument("run_dir")
     res.add_argument("--from-stage", metavar="NAME",
                      help="start stage NAME again from the previous stage's final checkpoint (the old attempt is kept)")
     res.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                     help="with --from-stage: change the recipe for the new attempt")
+                     help="change the recipe: refused (differences listed) unless --allow-change recipe or "
+                          "--from-stage; an allowed change is recorded (event and run.json)")
     res.add_argument("--nproc", type=int, default=1)
     res.add_argument("--allow-change", default="", metavar="WHAT",
                      help="resume although these differ from the checkpoint: world, corpus, recipe (comma-separated)")
@@ -193,13 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mmtc: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Before training starts (nothing to save yet), or a second Ctrl-C while a save was under way.
+        print("mmtc: interrupted; nothing was saved after the last committed checkpoint", file=sys.stderr)
+        return 130
     except Exception as exc:
         from .checkpointing import ResumeRefused
         from .data.corpus import DataError
         from .data.demo import DemoUnavailable
         from .rundir import RunDirError
+        from .runlock import RunLocked
 
-        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, FileNotFoundError, ResumeRefused, ValueError)):
+        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, RunLocked, FileNotFoundError, ResumeRefused, ValueError)):
             print(f"mmtc: {exc}", file=sys.stderr)
             return 2
         raise
@@ -209,62 +228,97 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe, resolve_recipe_path
     from .rundir import RunDir
+    from .runlock import hold
 
     path = resolve_recipe_path(args.recipe)
     recipe = load_recipe(path, args.sets)
     run = RunDir(args.run_dir or Path("runs") / path.stem)
-    if args.resume:
-        if not run.exists():
-            print(f"mmtc: --resume: {run.path} holds no run", file=sys.stderr)
-            return 2
-        recipe = run.load_config()
-    else:
+    allow = parse_allow(args.allow_change)
+    if args.allow_change and not args.resume:
+        print("mmtc: --allow-change goes with --resume", file=sys.stderr)
+        return 2
+    if args.resume and not run.exists():
+        print(f"mmtc: --resume: {run.path} holds no run", file=sys.stderr)
+        return 2
+    with hold(run.path):
+        if args.resume:
+            if args.sets:
+                apply_overrides(run, args.sets, allow)
+            return start(run, run.load_config(), args.nproc, True, allow)
+        fresh = not run.path.exists() or not any(p.name != ".lock" for p in run.path.iterdir())
         run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
-    return start(run, recipe, args.nproc, args.resume)
+        return start(run, recipe, args.nproc, False, fresh=fresh or args.overwrite)
 
 
-def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: str = "") -> int:
+def parse_allow(text: str) -> set[str]:
+    from .checkpointing import CHANGES
+
+    allow = {x for x in text.split(",") if x}
+    unknown = allow - set(CHANGES)
+    if unknown:
+        raise ValueError(f"--allow-change: unknown {sorted(unknown)}; choose from {', '.join(CHANGES)}")
+    return allow
+
+
+def apply_overrides(run: RunDir, sets: list[str], allow: set[str]) -> None:
+    """`--set` on a resume changes the saved recipe: refused like any changed recipe unless
+    allowed; the trainer records an allowed change when it restores (event and run.json)."""
+    from .checkpointing import ResumeRefused, diff_plain
+    from .config import load_recipe, recipe_to_plain
+
+    new = load_recipe(run.config, sets)
+    changes = diff_plain(recipe_to_plain(run.load_config()), recipe_to_plain(new))
+    if not changes:
+        return
+    if "recipe" not in allow:
+        raise ResumeRefused(f"refusing to resume {run.path} with --set: the recipe would change:\n  - "
+                            + "\n  - ".join(changes) + "\nPass --allow-change recipe to resume with the change "
+                            "(recorded as a recipe_changed event and in run.json). Nothing was changed.")
+    run.write_config(new)
+
+
+def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: set[str] | None = None,
+          fresh: bool = False) -> int:
     """Prepare the data here, before any worker starts (errors surface once, workers hit the
-    cache), then train in this process or in `nproc` launched ones."""
+    cache), then train in this process or in `nproc` launched ones. A fresh run whose data
+    fails to prepare is removed again, so the same command can be retried."""
     from .data.prepare import copy_tokenizer
     from .worker import load_corpus, train_main
 
     print(f"run directory: {run.path}", flush=True)
-    corpus = load_corpus(recipe, run, print)
-    copy_tokenizer(corpus, run.path)
-    run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
+    try:
+        corpus = load_corpus(recipe, run, print)
+        copy_tokenizer(corpus, run.path)
+        run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
+    except BaseException:
+        if fresh:
+            run.remove_new()
+        raise
+    allow = allow or set()
     if nproc <= 1:
-        return train_main(str(run.path), resume=resume, corpus=corpus,
-                          allow=frozenset(x for x in allow.split(",") if x))
-    return launch(run.path, nproc, resume, allow)
+        return train_main(str(run.path), resume=resume, corpus=corpus, allow=frozenset(allow))
+    return launch(run.path, nproc, resume, ",".join(sorted(allow)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .checkpointing import CHANGES
     from .rundir import RunDir
+    from .runlock import hold
 
     run = RunDir(args.run_dir)
     if not run.exists():
         print(f"mmtc: {run.path} holds no run", file=sys.stderr)
         return 2
-    allow = {x for x in args.allow_change.split(",") if x}
-    unknown = allow - set(CHANGES)
-    if unknown:
-        print(f"mmtc: --allow-change: unknown {sorted(unknown)}; choose from {', '.join(CHANGES)}", file=sys.stderr)
-        return 2
-    if args.sets and not args.from_stage:
-        allow.add("recipe")
-    if args.from_stage:
-        from .attempts import rewind_to_stage
+    allow = parse_allow(args.allow_change)
+    with hold(run.path):
+        if args.from_stage:
+            from .attempts import rewind_to_stage
 
-        archive, tag = rewind_to_stage(run, args.from_stage)
-        print(f"resume: the earlier attempt is kept in {archive}; restarting stage {args.from_stage} from {tag}")
-        allow.add("recipe")
-    if args.sets:
-        from .config import load_recipe
-
-        run.write_config(load_recipe(run.config, args.sets))
-    return start(run, run.load_config(), args.nproc, True, ",".join(sorted(allow)))
+            archive, tag = rewind_to_stage(run, args.from_stage)
+            print(f"resume: the earlier attempt is kept in {archive}; restarting stage {args.from_stage} from {tag}")
+            allow.add("recipe")  # a redone stage is a new attempt: its recipe may change (recorded)
+        if args.sets:
+            apply_overrides(run, args.sets, allow)
+        return start(run, run.load_config(), args.nproc, True, allow)
 
 
 def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
@@ -277,7 +331,26 @@ def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
         cmd += ["--resume", "--allow-change", allow]
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    return subprocess.call(cmd, env=env)
+    # The launcher runs in its own session, so a Ctrl-C reaches this process alone; it is passed to
+    # the workers, which finish the step, save and exit 85 (DeepSpeed's launcher would kill them).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "pipeline.worker" in " ".join(child.cmdline()):
+                    child.send_signal(signum)
+            except psutil.Error:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _run_context(run_dir: str) -> tuple[object, object, object]:
@@ -320,6 +393,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     model, _ = load_model(run, recipe, tok.vocab_size, tok.pad_id, args.checkpoint)
     if args.src not in tok.languages:
         print(f"mmtc: note: {args.src!r} is not a language of this run ({', '.join(tok.languages)})", file=sys.stderr)
+    if args.tgt not in tok.languages:
+        print(f"mmtc: --tgt {args.tgt}: this run has no target tag for it; its languages: "
+              f"{', '.join(tok.languages)}", file=sys.stderr)
+        return 2
     tag_id = tok.tag_id(args.tgt)
     lines = [line.rstrip("\n") for line in sys.stdin]
     ids = tok.encode([line.strip() for line in lines])

@@ -1,6 +1,6 @@
 """`mmtc compare`: runs × directions (BLEU, chrF), HRL/LRL averages and their Pareto front; with a
-baseline, paired bootstrap confidence intervals and p-values per direction (sacrebleu's PairedTest
-on the saved hypotheses); with --seeds, runs that differ only in seed as mean ± std.
+baseline, a two-sided paired bootstrap per direction on the saved hypotheses (a 95% interval and a
+p-value that agree: p < 0.05 exactly when the interval excludes 0); with --seeds, runs that differ only in seed as mean ± std.
 
 Each run contributes the report of its last finished stage (written by `mmtc report` if missing).
 Runs scored on different references or with different sacrebleu signatures are refused.
@@ -111,38 +111,54 @@ def _hyps(r: RunResult, name: str) -> list[str]:
     return read_lines(path)
 
 
+ALPHA = 0.05  # the significance level; the interval is the matching (1 - ALPHA) one
+
+
+def bootstrap_test(diffs: Sequence[float], alpha: float = ALPHA) -> tuple[list[float], float, bool]:
+    """Two-sided paired bootstrap test on the resampled differences Δ*_b (system − baseline):
+    p = 2·min(#{Δ* ≤ 0}, #{Δ* ≥ 0}) / B (at most 1), and the (1 − alpha) percentile interval
+    [Δ*_(k), Δ*_(B−1−k)] with k = ceil(alpha·B/2) − 1 in sorted order. With that k, p < alpha
+    exactly when the interval excludes 0: one rule, so the p-value and the interval never disagree."""
+    import math
+
+    import numpy as np
+
+    d = np.sort(np.asarray(diffs, dtype=np.float64))
+    n = len(d)
+    k = max(0, math.ceil(alpha * n / 2) - 1)
+    ci = [float(d[k]), float(d[n - 1 - k])]
+    p = min(1.0, 2.0 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))) / n)
+    return ci, p, p < alpha
+
+
 def paired_bootstrap(base: Sequence[str], systems: Sequence[tuple[str, Sequence[str]]], refs: Sequence[str],
                      samples: int = 1000) -> dict[str, dict[str, dict[str, Any]]]:
-    """{system: {metric: {score, delta, ci: [lo, hi], p}}} against `base`. p-values come from
-    sacrebleu's paired bootstrap (PairedTest 'bs'); the CI of the difference is taken over the same
-    resamples (sacrebleu draws them from its seed, SACREBLEU_SEED or 12345, which we reuse)."""
+    """{system: {metric: {score, delta, ci: [lo, hi], p, significant}}} against `base`: B paired
+    resamples of the test sentences (the same for every system and metric; drawn from
+    SACREBLEU_SEED or 12345, as sacrebleu's PairedTest), the corpus score of each, and
+    `bootstrap_test` on the differences. sacrebleu's own bootstrap p-value tests a centred |Δ|
+    one-sidedly and came out 2-3x smaller than a two-sided test; it is not used."""
+    import os
+
     import numpy as np
     from sacrebleu.metrics import BLEU, CHRF
-    from sacrebleu.significance import PairedTest
 
     metrics = {"bleu": BLEU(), "chrf": CHRF()}
-    test = PairedTest([("baseline", list(base)), *[(n, list(h)) for n, h in systems]], metrics,
-                      [list(refs)], test_type="bs", n_samples=samples)
-    _, scores = test()
-    keys = [k for k in scores if k != "System"]  # the metrics' display names, in `metrics` order
-    idx = np.random.default_rng(test._seed).choice(len(refs), size=(test.n_samples, len(refs)), replace=True)
+    seed = int(os.environ.get("SACREBLEU_SEED", "12345"))
+    idx = np.random.default_rng(seed).choice(len(refs), size=(samples, len(refs)), replace=True)
     out: dict[str, dict[str, dict[str, Any]]] = {n: {} for n, _ in systems}
-    for (m, metric), key in zip(metrics.items(), keys):
-        def resampled(hyps: Sequence[str], metric: Any = metric) -> np.ndarray:
+    for m, metric in metrics.items():
+        def scored(hyps: Sequence[str], metric: Any = metric) -> tuple[float, np.ndarray]:
             stats = np.array(metric._extract_corpus_statistics(list(hyps), [list(refs)]), dtype="float32")
-            return np.array([metric._compute_score_from_stats(s.sum(0)).score for s in stats[idx]])
+            full = float(metric._compute_score_from_stats(stats.sum(0)).score)
+            return full, np.array([metric._compute_score_from_stats(s.sum(0)).score for s in stats[idx]])
 
-        base_scores = resampled(base)
-        for i, (name, hyps) in enumerate(systems, start=1):
-            diff = np.sort(resampled(hyps) - base_scores)
-            lo = len(diff) // 40  # sacrebleu's 95% convention (estimate_ci)
-            res = scores[key][i]
-            ci = [round(float(diff[lo]), 2), round(float(diff[len(diff) - lo - 1]), 2)]
-            # sacrebleu's bootstrap p-value is 1/(n+1) for a system identical to the baseline, so a
-            # difference counts only when the interval also excludes zero.
-            out[name][m] = {"score": round(res.score, 2), "delta": round(res.score - scores[key][0].score, 2),
-                            "ci": ci, "p": round(float(res.p_value), 4),
-                            "significant": bool(res.p_value < 0.05 and (ci[0] > 0 or ci[1] < 0))}
+        base_score, base_resampled = scored(base)
+        for name, hyps in systems:
+            score, resampled = scored(hyps)
+            ci, p, significant = bootstrap_test(resampled - base_resampled)
+            out[name][m] = {"score": round(score, 2), "delta": round(score - base_score, 2),
+                            "ci": [round(ci[0], 2), round(ci[1], 2)], "p": round(p, 6), "significant": significant}
     return out
 
 
@@ -263,7 +279,10 @@ def add_report_commands(sub: Any) -> None:
 
 def run_report_command(args: argparse.Namespace) -> int:
     if args.command == "report":
-        path = build_report(args.run_dir, reevaluate=args.reevaluate, log=print)
+        from .runlock import hold
+
+        with hold(args.run_dir):
+            path = build_report(args.run_dir, reevaluate=args.reevaluate, log=print)
         print(f"report: {path}\n  open it in a browser: file://{path.resolve()}")
         return 0
     out = compare_runs([Path(p) for p in args.run_dirs], Path(args.out), baseline=args.baseline,

@@ -3,7 +3,8 @@
 kinds: `kill` (SIGKILL after the step), `kill_in_save` (SIGKILL after DeepSpeed wrote the tag but
 before it is committed), `nan_loss` (the loss of rank 0's first micro-batch becomes NaN),
 `save_error` (the save raises OSError, as a full disk would), `sigusr1` (the last rank alone sends
-itself SIGUSR1 during the step, as a preemption warning would). Unset in normal runs: no effect.
+itself SIGUSR1 during the step, as a preemption warning would), `sigint` (rank 0 sends itself
+SIGINT during the step, as Ctrl-C would; `sigint2`: twice, as an impatient Ctrl-C). Unset in normal runs: no effect.
 """
 
 from __future__ import annotations
@@ -35,3 +36,6 @@ def kill_if(kind: str, step: int) -> None:
 def signal_if(step: int, rank: int, world: int) -> None:
     if armed("sigusr1", step) and rank == world - 1:
         os.kill(os.getpid(), signal.SIGUSR1)
+    for _ in range(2 if armed("sigint2", step) else 1 if armed("sigint", step) else 0):
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -5,6 +5,9 @@ the interrupted code). So the handler does no I/O: it sets a flag, which the tra
 all-reduce it does every step anyway; when any rank saw the signal, every rank stops after the
 same step, saves a committed checkpoint and exits with EXIT_PREEMPTED, which tells the Slurm batch
 script to requeue the job.
+
+Ctrl-C (SIGINT) is the same request from a person: the first one finishes the step, saves and
+exits with EXIT_PREEMPTED; a second one, while that is under way, aborts at once (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import signal
 from types import FrameType
 
 EXIT_PREEMPTED = 85  # distinct from failures (1), usage errors (2) and bad-step stops (3)
-SIGNALS = ("SIGUSR1", "SIGTERM")
+SIGNALS = ("SIGUSR1", "SIGTERM", "SIGINT")
 
 _requested = False
 _signal_name = ""
@@ -21,6 +24,8 @@ _signal_name = ""
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     global _requested, _signal_name
+    if signum == signal.SIGINT and _requested and _signal_name == "SIGINT":
+        raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
     _requested = True
     _signal_name = signal.Signals(signum).name
 

@@ -260,11 +260,12 @@ def _compare_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list
             row: list[Cell] = [lab]
             for n in names:
                 v = per[n][m]
-                row.append((f"{v['delta']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}] p={v['p']:.3f}",
+                row.append((f"{v['delta']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}] p={v['p']:.3g}",
                             ("up" if v["delta"] > 0 else "down") if v["significant"] else ""))
             rows.append(row)
         tables.append((f"{'BLEU' if m == 'bleu' else 'chrF'} difference from {sig['baseline']}: Δ [95% CI] and "
-                       f"p (paired bootstrap, {sig['samples']} resamples)", ["run", *names], rows))
+                       f"p (two-sided paired bootstrap, {sig['samples']} resamples; marked where p < 0.05, "
+                       "exactly where the interval excludes 0)", ["run", *names], rows))
     return tables
 
 

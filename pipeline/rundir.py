@@ -60,13 +60,16 @@ class RunDir:
         return self.config.is_file()
 
     def create(self, recipe: RecipeConfig, *, overwrite: bool, source: str, overrides: list[str]) -> None:
-        if self.path.exists() and any(self.path.iterdir()):
+        # Called under the run's lock (runlock.RunLock), which makes this check and the creation atomic.
+        if self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
             if not overwrite:
                 raise RunDirError(
                     f"{self.path} already exists and holds a run. Nothing was changed. Use --resume to continue "
                     "it, --overwrite to delete it and start again, or --run-dir to choose another directory."
                 )
-            shutil.rmtree(self.path)
+            for p in self.path.iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(recipe)
         meta = {
@@ -79,6 +82,13 @@ class RunDir:
             "hardware": environment(),
         }
         self.meta.write_text(json.dumps(meta, indent=1))
+
+    def remove_new(self) -> None:
+        """Undo a start that failed before training (bad data, say): the same command can then be
+        run again. Only for a directory this command created."""
+        for p in self.path.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def write_config(self, recipe: RecipeConfig) -> None:
         self.config.write_text(yaml.safe_dump(recipe_to_plain(recipe), sort_keys=False, allow_unicode=True))

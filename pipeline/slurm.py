@@ -190,6 +190,7 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
     element); sweep.json is written now, so `mmtc scaling fit` works once the array is done."""
     from .config import load_recipe
     from .rundir import RunDir
+    from .runlock import hold
     from .sweep import plan_sweep, run_overrides
 
     plan = plan_sweep(recipe_path, ratios, group, overrides)
@@ -203,8 +204,9 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
         if not dry_run:
             run = RunDir(run_dir)
             recipe = load_recipe(recipe_path, sets)
-            run.create(recipe, overwrite=False, source=recipe_path, overrides=sets)
-            prepare_run(run, recipe)
+            with hold(run.path):
+                run.create(recipe, overwrite=False, source=recipe_path, overrides=sets)
+                prepare_run(run, recipe)
     script = out / "slurm" / "sweep.sbatch"
     text = render_script(run_dirs, opts, array=True)
     path = out / "sweep.json"
@@ -265,6 +267,7 @@ def add_submit_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_submit_command(args: argparse.Namespace) -> int:
     from .config import load_recipe, resolve_recipe_path
     from .rundir import RunDir
+    from .runlock import hold
 
     opts = options_from_args(args)
     if args.resume:
@@ -275,9 +278,10 @@ def run_submit_command(args: argparse.Namespace) -> int:
         recipe = load_recipe(path, args.sets)
         run = RunDir(args.run_dir or Path("runs") / path.stem)
         if not args.dry_run:
-            run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
-            print(f"run directory: {run.path}", flush=True)
-            prepare_run(run, recipe)
+            with hold(run.path):
+                run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
+                print(f"run directory: {run.path}", flush=True)
+                prepare_run(run, recipe)
     stages = [s.name for s in recipe.resolved_stages()] if args.chain_stages else []
     if len(stages) == 1:
         print("submit: the recipe has a single stage; --chain-stages submits one job", flush=True)
@@ -291,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.slurm")
     add_submit_command(ap.add_subparsers(dest="command", required=True))
     from .rundir import RunDirError
+    from .runlock import RunLocked
 
     try:
         return run_submit_command(ap.parse_args(argv))
-    except (ValueError, RunDirError) as exc:
+    except (ValueError, RunDirError, RunLocked) as exc:
         print(f"mmtc: {exc}", file=sys.stderr)
         return 2
 

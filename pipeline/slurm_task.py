@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if main_rank:
         print(f"mmtc: rank 0 of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:"
               f"{os.environ['MASTER_PORT']}; {'resuming' if resume else 'starting'} {args.run_dir}", flush=True)
+    from .runlock import hold
     from .worker import train_main
 
     allow = frozenset(x for x in args.allow_change.split(",") if x)
-    return train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
+    if not main_rank:  # rank 0 holds the run's writer lock for all the ranks of the job
+        return train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
+    with hold(args.run_dir):
+        return train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,16 @@ def run_status(run: RunDir, events_shown: int = 8) -> str:
             lines.append(f"  stage {s}: current")
         else:
             lines.append(f"  stage {s}: to come")
-    if current is None:
-        lines.append("  finished")
     found, notes = ckpt.discover(run.checkpoints, deep=False)
+    if current is None:
+        last_saved = found is not None and found.meta.get("final") and found.meta.get("stage") == stages[-1]
+        ended_early = found is not None and found.meta.get("final") and found.meta.get("step", 0) >= recipe.train.max_steps
+        if last_saved or ended_early:
+            lines.append("  finished")
+        else:
+            lines.append("  NOT finished: training reached the end but its final checkpoint did not commit "
+                         f"(save_failed); `mmtc resume {run.path}` trains again from "
+                         f"{found.tag if found else 'the start'}")
     lines.append(f"last committed checkpoint: {found.tag if found else 'none'}")
     lines += [f"  note: {n}" for n in notes]
     dev_rows = [m for m in metrics if "dev_loss" in m]

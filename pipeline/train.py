@@ -72,6 +72,7 @@ class Trainer:
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
+        self.final_unsaved: str | None = None  # the run's last checkpoint, when its save failed
         from .checkpointing import Checkpointer
 
         self.ckpt = Checkpointer(self)
@@ -313,15 +314,16 @@ class Trainer:
             self._acc_eval.zero_()
             train = {n: float(acc[1, i] / acc[2, i]) for i, n in enumerate(self.names) if acc[2, i] > 0}
             self.policy.observe_dev(self.counters.stage_step, np.array([dev[self.names[i]] for i in self.stage_ids]))
-            if self.dist.is_main:
-                self.run.append(self.run.metrics, {"step": self.counters.step, "stage": self.progress.stage.name,
-                                                   "dev_loss": dev, "train_nll": train,
-                                                   "monitors": self.progress.values()})
-                if self.tb is not None:
-                    self.tb.scalars(self.counters.step, {"dev_loss": dev, "train_nll": train})
         obs = Observation(self.counters.step, self.counters.stage_step, self.progress.tokens,
                           self.progress.seconds, dev, train)
+        stage_name = self.progress.stage.name
         ending = self.progress.observe(obs)
+        if dev is not None and self.dist.is_main:
+            # After the monitors have seen this evaluation: the values logged are the ones they decided on.
+            self.run.append(self.run.metrics, {"step": self.counters.step, "stage": stage_name,
+                                               "dev_loss": dev, "train_nll": train, "monitors": self.progress.values()})
+            if self.tb is not None:
+                self.tb.scalars(self.counters.step, {"dev_loss": dev, "train_nll": train})
         # Wall-clock budgets can disagree across ranks by a step: rank 0 decides for all.
         flag = torch.tensor([1.0 if ending is not None else 0.0]) if self.dist.is_main else torch.zeros(1)
         if bool(all_reduce_sum(flag) > 0) and ending is None:
@@ -338,6 +340,8 @@ class Trainer:
             index = self.counters.stage
             if self.stream is None:
                 self.open_stage(index, fresh=True)
+                # The previous stage's end (checkpoint, decoding, report) is not this stage's training time.
+                self.meter.start(self.counters.step)
             assert self.stream is not None
             self.engine.train(True)
             ending = None
@@ -370,8 +374,10 @@ class Trainer:
         self.event("preempted", signal=preemption.signal_name() or "on another rank",
                    checkpoint=None if committed is None else committed.tag)
         if self.dist.is_main:
-            print(f"preempted: saved at step {self.counters.step}; exiting with code {preemption.EXIT_PREEMPTED}",
-                  flush=True)
+            saved = f"saved {committed.tag}" if committed is not None else "the save FAILED (see above)"
+            why = "interrupted (Ctrl-C)" if preemption.signal_name() == "SIGINT" else "preempted"
+            print(f"{why}: stopped after step {self.counters.step}, {saved}; `mmtc resume {self.run.path}` "
+                  f"continues; exiting with code {preemption.EXIT_PREEMPTED}", flush=True)
         raise preemption.Preempted(f"stopped at step {self.counters.step}")
 
     def end_stage(self, index: int, ending: Ending) -> None:
@@ -387,6 +393,8 @@ class Trainer:
             self.counters.stage, self.counters.stage_step = index + 1, 0
         self.stream = None
         committed = self.ckpt.save(final=True, stage_index=index)
+        if committed is None and last:
+            self.final_unsaved = f"step {self.counters.step}, stage {self.stages[index].name}"
         if committed is not None and self.dist.is_main:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)

@@ -17,6 +17,8 @@ from .rundir import RunDir
 from .tensorboard import TensorBoardLog
 from .train import Trainer, TrainingStopped
 
+EXIT_UNSAVED = 4  # training ended but its final checkpoint did not commit
+
 
 def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -> PreparedCorpus:
     tok = run.tokenizer if run.tokenizer.is_file() else None
@@ -71,8 +73,14 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
 
         groups = {d.name: d.group for d in corpus.manifest.directions}
         found, _ = ckpt.discover(run.checkpoints)
-        for split in recipe.eval.splits:
-            if split == "dev" and recipe.eval.stage_end:
+        if trainer.final_unsaved is not None:
+            scored = f"{found.tag} (step {found.meta['step']})" if found is not None else "none"
+            print(f"mmtc: the final checkpoint ({trainer.final_unsaved}) did not commit (see the save_failed "
+                  f"event); the scores below are of the last committed checkpoint, {scored}, not of the final "
+                  f"weights. Free space and run `mmtc resume {run.path}` to train again from there.",
+                  file=sys.stderr, flush=True)
+        for split in recipe.eval.splits if found is not None else []:
+            if split == "dev" and recipe.eval.stage_end and trainer.final_unsaved is None:
                 continue  # scored at the end of the last stage already
             # The last stage's report scored this split with the same weights a moment ago.
             done = run.eval_dir(found.path.name) / f"{split}.json" if found is not None else None
@@ -82,7 +90,7 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
                 results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
             print(format_table(results, groups), flush=True)
     barrier()
-    return 0
+    return EXIT_UNSAVED if trainer.final_unsaved is not None else 0
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ def test_translate_reads_stdin(zero2_run, mmtc_env):
     proc = mmtc(["translate", str(run_dir), "--src", "eng", "--tgt", "rev"], mmtc_env, root,
                 stdin="the cat sees the dog\nbig red house\n")
     assert len(proc.stdout.strip().splitlines()) == 2
+    wrong = mmtc(["translate", str(run_dir), "--src", "eng", "--tgt", "xxx"], mmtc_env, root, stdin="a\n", check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr  # was a KeyError traceback
+    assert "--tgt xxx: this run has no target tag for it; its languages: " in wrong.stderr and "rev" in wrong.stderr
 
 
 def test_existing_run_dir_is_refused(zero2_run, mmtc_env):

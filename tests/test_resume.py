@@ -227,3 +227,104 @@ def test_world_size_change_is_refused_then_resharded_on_request(tmp_path, mmtc_e
     ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "resume" and e.get("resharded_from") == 2 for e in ev)
     assert final_tag(run).name.endswith("-mix-final")
+
+
+def events(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+
+
+def test_ctrl_c_saves_then_resume_equals_uninterrupted_and_overrides_are_refused(setup, mmtc_env):
+    root, recipe, ref, _ = setup
+    run = root / "ctrl-c"
+    # save_every 0: before, Ctrl-C lost everything since the start (a traceback and rc 130)
+    proc = mmtc(["run", str(recipe), "--run-dir", str(run), "--set", "train.save_every=0"], mmtc_env, root,
+                fault="sigint@3", check=False)
+    assert proc.returncode == 85, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "interrupted (Ctrl-C): stopped after step 3, saved step00000003-hrl" in proc.stdout
+    ev = events(run)
+    i = next(i for i, e in enumerate(ev) if e["event"] == "checkpoint")
+    assert ev[i]["step"] == 3 and ev[i + 1]["event"] == "preempted" and ev[i + 1]["signal"] == "SIGINT"
+    config = (run / "config.yaml").read_text()
+    # an override on resume goes through the same refusal as a changed recipe, on both commands
+    for cmd in (["resume", str(run)], ["run", str(recipe), "--run-dir", str(run), "--resume"]):
+        refused = mmtc([*cmd, "--set", "train.lr=0.002"], mmtc_env, root, check=False)
+        assert refused.returncode == 2 and "train.lr: 0.003 -> 0.002" in refused.stderr, refused.stderr
+        assert "--allow-change recipe" in refused.stderr and (run / "config.yaml").read_text() == config
+    mmtc(["resume", str(run)], mmtc_env, root)
+    a, b = tensors(final_tag(ref)), tensors(final_tag(run))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_second_ctrl_c_aborts_at_once(setup, mmtc_env):
+    root, recipe, _, _ = setup
+    run = root / "ctrl-c-twice"
+    proc = mmtc(["run", str(recipe), "--run-dir", str(run), "--set", "train.save_every=0"], mmtc_env, root,
+                fault="sigint2@3", check=False)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert "mmtc: interrupted" in proc.stderr
+    assert not any(e["event"] == "checkpoint" for e in events(run))
+
+
+def test_an_allowed_override_is_recorded_with_its_step(setup, mmtc_env):
+    root, recipe, _, _ = setup
+    run = root / "override"
+    mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault="kill@3", check=False)
+    out = mmtc(["resume", str(run), "--set", "train.lr=0.002", "--allow-change", "recipe"], mmtc_env, root).stdout
+    assert "recipe changed from the checkpoint's (allowed): train.lr: 0.003 -> 0.002" in out
+    change = next(e for e in events(run) if e["event"] == "recipe_changed")
+    assert change["step"] == 2 and change["from_checkpoint"] == "step00000002-hrl"
+    assert change["changes"] == [{"key": "train.lr", "old": 0.003, "new": 0.002}]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["recipe_changes"] == [{"step": 2, "from_checkpoint": "step00000002-hrl",
+                                       "changes": [{"key": "train.lr", "old": 0.003, "new": 0.002}]}]
+    assert "lr: 0.002" in (run / "config.yaml").read_text()
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_real_full_disk_fails_the_save_and_the_run_says_its_final_weights_are_unsaved(setup, mmtc_env):
+    root, recipe, ref, _ = setup
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = root / "small-fs"
+    mnt.mkdir()
+    # Room for the run's files and one non-final checkpoint, not two: every later save hits ENOSPC.
+    one = dir_bytes(ref / "checkpoints" / "step00000002-hrl")
+    rest = dir_bytes(ref) - dir_bytes(ref / "checkpoints") - dir_bytes(ref / "eval") - dir_bytes(ref / "reports")
+    size_kb = (rest + one + one // 2) // 1024 + 256
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        run = mnt / "run"
+        proc = mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, check=False)
+        failed = [e for e in events(run) if e["event"] == "save_failed"]
+        # before: rc 1 and "RuntimeError: [enforce fail at inline_container.cc:...] unexpected pos"
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and failed, proc.stderr
+        assert all(e["kept"] == "step00000002-hrl" for e in failed)
+        assert any(e["tag"].endswith("-mix-final") for e in failed)
+        assert "the scores below are of the last committed checkpoint, step00000002-hrl (step 2)" in proc.stderr
+        assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step00000002-hrl"]
+        assert (run / "checkpoints" / "LATEST").read_text().strip() == "step00000002-hrl"
+        status = mmtc(["status", str(run)], mmtc_env, root).stdout
+        assert "NOT finished" in status and "trains again from step00000002-hrl" in status
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_logged_monitor_values_and_throughput_are_the_decisions_and_the_training(setup):
+    root, recipe, ref, t = setup
+    rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    at_switch = next(r for r in rows if r["step"] == t and "monitors" in r)
+    # before: the row held the values from before this evaluation (fired: null at the switch)
+    assert at_switch["monitors"]["plateau"]["fired"] is not None
+    train = [r for r in rows if "step_s" in r]
+    first_mix = next(r for r in train if r["stage"] == "mix")
+    typical = sorted(r["step_s"] for r in train)[len(train) // 2]
+    # before: the hrl stage's end (checkpoint, decoding, report: seconds) was counted in this step
+    assert first_mix["step_s"] < 5 * typical, (first_mix, typical)

@@ -1,5 +1,5 @@
 """`mmtc compare` on three real runs that differ only in seed: the table, the Pareto marks, paired
-bootstrap against a baseline (checked against sacrebleu's PairedTest), seed groups, and refusals."""
+bootstrap against a baseline (two-sided, recomputed from the resamples), seed groups, and refusals."""
 
 import json
 import shutil
@@ -7,9 +7,15 @@ import shutil
 import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
-from sacrebleu.significance import PairedTest
 
-from pipeline.compare import CompareRefused, compare_runs, labels_for, paired_bootstrap, pareto_front
+from pipeline.compare import (
+    CompareRefused,
+    bootstrap_test,
+    compare_runs,
+    labels_for,
+    paired_bootstrap,
+    pareto_front,
+)
 from pipeline.report import read_lines
 
 SAMPLES = 300
@@ -67,28 +73,51 @@ def test_pareto_marks_without_seed_groups(seed_runs, tmp_path):
         assert [(p[m]["hrl"], p[m]["lrl"]) for p in doc["pareto"]] == pts
 
 
-def test_bootstrap_matches_sacrebleu_paired_test(compared, seed_runs):
+def test_bootstrap_is_two_sided_on_the_same_resamples(compared, seed_runs):
     _, _, doc = compared
     sig = doc["significance"]
     assert sig["baseline"] == "a" and set(sig["runs"]) == {"b", "c"} and sig["samples"] == SAMPLES
     a, b, c = seed_runs
+    metrics = {"bleu": BLEU(), "chrf": CHRF()}
     for name in doc["directions"]:
         e = final_report(a)["splits"]["test"]["directions"][name]
         refs = read_lines(a / e["references"])
-        systems = [("a", read_lines(a / e["hypotheses"]))] + [
-            (lab, read_lines(p / final_report(p)["splits"]["test"]["directions"][name]["hypotheses"]))
-            for lab, p in (("b", b), ("c", c))]
-        _, scores = PairedTest(systems, {"bleu": BLEU(), "chrf": CHRF()}, [refs], test_type="bs",
-                               n_samples=SAMPLES)()
-        keys = [k for k in scores if k != "System"]
-        for i, lab in enumerate(("b", "c"), start=1):
-            for m, key in zip(("bleu", "chrf"), keys):
+        idx = np.random.default_rng(12345).choice(len(refs), size=(SAMPLES, len(refs)), replace=True)
+
+        def resampled(hyps, metric, refs=refs, idx=idx):
+            return np.array([metric.corpus_score([hyps[i] for i in row], [[refs[i] for i in row]]).score
+                             for row in idx])
+
+        base = read_lines(a / e["hypotheses"])
+        for i, (lab, path) in enumerate((("b", b), ("c", c)), start=1):
+            hyps = read_lines(path / final_report(path)["splits"]["test"]["directions"][name]["hypotheses"])
+            for m, metric in metrics.items():
                 got = sig["runs"][lab][name][m]
-                assert got["p"] == round(scores[key][i].p_value, 4)
-                assert got["delta"] == round(scores[key][i].score - scores[key][0].score, 2)
-                assert got["ci"][0] <= got["ci"][1]
-                assert got["significant"] == (got["p"] < 0.05 and (got["ci"][0] > 0 or got["ci"][1] < 0))
+                d = resampled(hyps, metric) - resampled(base, metric)
+                # two-sided: twice the smaller tail of the resampled differences beyond 0
+                assert got["p"] == pytest.approx(min(1.0, 2 * min((d <= 1e-9).sum(), (d >= -1e-9).sum()) / SAMPLES))
+                assert got["delta"] == pytest.approx(metric.corpus_score(hyps, [refs]).score
+                                                     - metric.corpus_score(base, [refs]).score, abs=0.006)
+                assert got["significant"] == (got["p"] < 0.05) == (got["ci"][0] > 0 or got["ci"][1] < 0)
                 assert doc["runs"][i]["directions"][name][m] == pytest.approx(got["score"], abs=0.011)
+
+
+def test_bootstrap_test_by_hand():
+    # 40 resampled differences: 3 at or below 0, 37 above
+    diffs = [-0.5, -0.1, 0.0] + [0.1 * k for k in range(1, 38)]
+    ci, p, significant = bootstrap_test(diffs)
+    # k = ceil(0.05 * 40 / 2) - 1 = 0: the interval is [min, max]; p = 2 * min(3, 38) / 40
+    assert ci == [-0.5, pytest.approx(3.7)] and p == pytest.approx(0.15) and not significant
+    shifted = [x + 0.6 for x in diffs]  # all above 0: p = 0, the interval excludes 0
+    ci, p, significant = bootstrap_test(shifted)
+    assert p == 0.0 and significant and ci[0] == pytest.approx(0.1)
+    # 1000 differences with 24 below 0: p = 0.048 < 0.05, and Δ*_(24) (k = 24) is the first above 0
+    diffs = [-1.0] * 24 + [1.0] * 976
+    ci, p, significant = bootstrap_test(diffs)
+    assert p == pytest.approx(0.048) and significant and ci == [1.0, 1.0]
+    diffs = [-1.0] * 25 + [1.0] * 975  # 25 below: p = 0.05, not below 0.05; Δ*_(24) = -1
+    ci, p, significant = bootstrap_test(diffs)
+    assert p == pytest.approx(0.05) and not significant and ci == [-1.0, 1.0]
 
 
 def test_different_signatures_are_refused(seed_runs, tmp_path):
@@ -112,11 +141,11 @@ def test_different_test_sets_are_refused(seed_runs, tmp_path):
 
 
 def test_an_identical_system_is_not_significant():
-    """sacrebleu's bootstrap gives p = 1/(n+1) for a copy of the baseline; the CI must overrule it."""
+    """sacrebleu's bootstrap gave p = 1/(n+1) for a copy of the baseline; the two-sided test gives 1."""
     refs = ["the cat sat on the mat", "a dog ran", "hello world there"] * 10
     hyps = ["the cat sat on a mat", "a dog runs", "hello world"] * 10
     res = paired_bootstrap(hyps, [("same", hyps), ("empty", [""] * 30)], refs, 200)
-    assert res["same"]["bleu"]["p"] < 0.05 and res["same"]["bleu"]["ci"] == [0.0, 0.0]
+    assert res["same"]["bleu"]["p"] == 1.0 and res["same"]["bleu"]["ci"] == [0.0, 0.0]
     assert not res["same"]["bleu"]["significant"] and not res["same"]["chrf"]["significant"]
     assert res["empty"]["chrf"]["significant"] and res["empty"]["chrf"]["delta"] < 0
 
