@@ -124,12 +124,14 @@ def test_tasks_per_node_expansion():
 
 def test_signal_handler_does_no_io():
     """The handler may only set flags: any call (print, a save, a lock) could deadlock or corrupt
-    state if it interrupts the same machinery. Its one call is signal.Signals(signum).name."""
+    state if it interrupts the same machinery. Its one call is signal.Signals(signum).name; a second
+    Ctrl-C raises KeyboardInterrupt (what Python's own SIGINT handler does)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(preemption._handler)))
     calls = [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)]
     assert calls == ["signal.Signals"]
     code = preemption._handler.__code__
-    assert set(code.co_names) <= {"_requested", "_signal_name", "signal", "Signals", "name"}
+    assert set(code.co_names) <= {"_requested", "_signal_name", "signal", "Signals", "name", "SIGINT",
+                                  "KeyboardInterrupt"}
 
 
 def make_run(tmp_path: Path) -> RunDir:
