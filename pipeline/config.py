@@ -153,12 +153,15 @@ class TrainConfig:
 
     def check(self, path: str) -> Check:
         out: Check = []
-        positive = ("max_steps", "max_tokens", "grad_accum", "log_every", "chunk_steps", "keep_last")
+        positive = ("max_steps", "max_tokens", "grad_accum", "log_every", "chunk_steps", "keep_last",
+                    "max_bad_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 out.append((_key(path, name), "must be >= 1"))
         if self.lr <= 0:
             out.append((_key(path, "lr"), "must be > 0"))
+        if self.clip_norm < 0:
+            out.append((_key(path, "clip_norm"), "must be >= 0 (0: no clipping)"))
         for name in ("warmup_steps", "save_every", "eval_every"):
             if getattr(self, name) < 0:
                 out.append((_key(path, name), "must be >= 0"))
@@ -361,7 +364,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data, lines = _raw_recipe(Path(path))
     for ov in overrides:
         set_dotted(data, ov)
-    cfg = bind(RecipeConfig, data, lines)
+    # Direction names are checked against the corpus now, before any tokenizer or engine starts.
+    unknown = [f"{lines.at(k)}: {msg}" for k, msg in selector_errors(data, Path(path))]
+    try:
+        cfg = bind(RecipeConfig, data, lines)
+    except ConfigError as exc:
+        raise ConfigError(exc.errors + unknown, exc.source) from None
+    if unknown:
+        raise ConfigError(unknown, lines.source)
     # Relative corpus paths are relative to the recipe's folder, so recipes travel with their data.
     corpus = cfg.data.corpus
     if corpus != "demo" and not Path(corpus).is_absolute():
@@ -371,6 +381,75 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         else:
             cfg.data.corpus = str(Path(corpus).resolve())
     return cfg
+
+
+def corpus_directions(corpus: Any, recipe_path: Path) -> tuple[list[str], dict[str, list[str]]] | None:
+    """The corpus's direction names and groups, read from its manifest without preparing any data;
+    None when the manifest cannot be read here (`mmtc run` reports that with the data's errors)."""
+    if corpus in (None, "demo"):
+        from .data.demo import DEMO_DIRECTIONS
+
+        groups: dict[str, list[str]] = {}
+        for d in DEMO_DIRECTIONS:
+            groups.setdefault(d.group, []).append(d.name)
+        return [d.name for d in DEMO_DIRECTIONS], groups
+    if not isinstance(corpus, str):
+        return None
+    p = Path(corpus)
+    if not p.is_absolute() and (recipe_path.parent / p).exists():
+        p = recipe_path.parent / p
+    if not p.is_file():
+        return None
+    from .data.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(p)
+    except ConfigError:
+        return None
+    return manifest.names, manifest.groups()
+
+
+def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
+    """(key path, message) for every `group:NAME` or direction name in the raw recipe that the
+    corpus lacks: stage directions, monitor directions and surgery task groups."""
+    if not isinstance(data, dict):
+        return []
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    known = corpus_directions(section.get("corpus", "demo"), recipe_path)
+    if known is None:
+        return []
+    names, groups = known
+    lists: list[tuple[str, Any]] = []
+
+    def surgery(node: Any, key: str) -> None:
+        if isinstance(node, dict) and isinstance(node.get("groups"), dict):
+            lists.extend((f"{key}.groups.{task}", sel) for task, sel in node["groups"].items())
+
+    surgery(data.get("surgery"), "surgery")
+    stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            continue
+        lists.append((f"stages[{i}].directions", st.get("directions", ["all"])))
+        surgery(st.get("surgery"), f"stages[{i}].surgery")
+        until = st.get("until") if isinstance(st.get("until"), dict) else {}
+        for mode in ("any", "all"):
+            for j, m in enumerate(until.get(mode) or [] if isinstance(until.get(mode), list) else []):
+                if isinstance(m, dict) and "directions" in m:
+                    lists.append((f"stages[{i}].until.{mode}[{j}].directions", m["directions"]))
+    out = []
+    for key, selectors in lists:
+        if not isinstance(selectors, list):
+            continue
+        for j, sel in enumerate(selectors):
+            if not isinstance(sel, str) or sel == "all" or sel in names:
+                continue
+            if sel.startswith("group:"):
+                if sel[6:] not in groups:
+                    out.append((f"{key}[{j}]", f"unknown group {sel[6:]!r} (groups: {', '.join(sorted(groups)) or 'none'})"))
+            else:
+                out.append((f"{key}[{j}]", f"unknown direction {sel!r} (directions: {', '.join(names)})"))
+    return out
 
 
 def recipe_from_plain(data: dict[str, Any]) -> RecipeConfig:

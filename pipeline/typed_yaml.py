@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 T = TypeVar("T")
+_BAD: set[str] = set()  # key paths whose value failed to bind during the current bind()
 
 
 class ConfigError(ValueError):
@@ -122,8 +123,10 @@ def bind(cls: type[T], data: Any, lines: Lines | None = None, path: str = "") ->
     """
     lines = lines or Lines()
     errors: list[str] = []
+    _BAD.clear()
     out = _bind_value(cls, data, path, lines, errors)
     _run_checks(out, path, lines, errors)
+    _BAD.clear()
     if errors:
         raise ConfigError(errors, lines.source)
     return out  # type: ignore[return-value]
@@ -142,7 +145,8 @@ def _run_checks(obj: Any, path: str, lines: Lines, errors: list[str]) -> None:
         except (TypeError, ValueError, AttributeError, KeyError):
             return  # a value of the wrong type, already reported by binding
         for key, msg in found:
-            errors.append(f"{lines.at(key)}: {msg}")
+            if key not in _BAD:  # its value was replaced by the default: the type error is the news
+                errors.append(f"{lines.at(key)}: {msg}")
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             _run_checks(v, f"{path}[{i}]", lines, errors)
@@ -246,7 +250,15 @@ def _bind_dataclass(cls: Any, value: Any, path: str, lines: Lines, errors: list[
             valid = ", ".join(sorted(fields))
             errors.append(f"{lines.at(sub)}: unknown key {key!r}; valid keys here: {valid}")
             continue
-        kwargs[key] = _bind_value(hints[key], v, sub, lines, errors)
+        before = len(errors)
+        bound = _bind_value(hints[key], v, sub, lines, errors)
+        f = fields[key]
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if len(errors) > before and has_default and not dataclasses.is_dataclass(hints[key]):
+            # Reported; the default stands in, so this section's other checks still run.
+            _BAD.add(sub)
+            continue
+        kwargs[key] = bound
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in kwargs:

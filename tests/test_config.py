@@ -35,6 +35,34 @@ def test_all_errors_reported_together_with_key_paths_and_lines(tmp_path):
     assert f"{p}:7: bogus: unknown key" in text
 
 
+def test_a_wrong_type_does_not_hide_the_other_checks_of_its_section(tmp_path):
+    p = write(tmp_path, """\
+train:
+  max_steps: "ten"
+  lr: -1
+  max_bad_steps: 0
+  clip_norm: -1
+model:
+  preset: huge
+  dropout: 1.5
+stages:
+  - {name: a, directions: [group:nope]}
+  - {name: b, directions: [eng-xxx, all]}
+""")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    errors = exc.value.errors
+    # before: 4 of these 8 (the section's checks stopped at its first wrong type; stage names
+    # were checked only once the tokenizer and DeepSpeed had started, without a key path)
+    assert len(errors) == 8, errors
+    for line, key, msg in [(2, "train.max_steps", "expected an integer, got 'ten'"), (3, "train.lr", "must be > 0"),
+                           (4, "train.max_bad_steps", "must be >= 1"), (5, "train.clip_norm", "must be >= 0"),
+                           (7, "model.preset", "must be one of"), (8, "model.dropout", "must be in [0, 1)"),
+                           (10, "stages[0].directions[0]", "unknown group 'nope' (groups: hrl, lrl)"),
+                           (11, "stages[1].directions[0]", "unknown direction 'eng-xxx' (directions: eng-deu,")]:
+        assert any(e.startswith(f"{p}:{line}: {key}: {msg}") for e in errors), (key, errors)
+
+
 def test_semantic_checks_and_sampler_params(tmp_path):
     p = write(tmp_path, "train: {max_steps: 0}\nsampling: {kind: temperature, params: {temprature: 5}}\n"
                         "stages: [{name: a}, {name: a}]\n")

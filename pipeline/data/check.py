@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
+from ..config import DataConfig
+from .corpus import DataError
 from .filters import empty_mask
 from .manifest import load_manifest
-from .prepare import SPLITS, read_all
+from .prepare import SPLITS, check_raw, read_all
 
 
 def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -16,9 +18,15 @@ def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> st
     if isinstance(data, dict) and "directions" not in data:
         return _check_recipe(path, overrides)
     manifest = load_manifest(path)
-    raw = read_all(manifest, "skip")
+    # The checks `mmtc run` makes before its tokenizer, with the recipe defaults (on_invalid: error,
+    # allow_eval_drops: false); check a recipe instead to use its data: settings.
+    defaults = DataConfig()
+    raw = read_all(manifest, defaults.on_invalid)
+    problems = check_raw(raw, defaults)
+    if problems:
+        raise DataError(problems)
     lines = [f"{path}: {len(manifest.directions)} directions, languages {', '.join(manifest.languages)}",
-             "pairs per split (empty pairs and invalid UTF-8 lines would be dropped from train):"]
+             "pairs per split (empty train pairs would be dropped):"]
     for d in manifest.directions:
         cells = []
         for split in SPLITS:

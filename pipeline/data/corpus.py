@@ -35,6 +35,7 @@ class RawSplit:
     dropped: Counter[str] = field(default_factory=Counter)
     fingerprint: str = ""
     origin: str = ""
+    stripped: Counter[str] = field(default_factory=Counter)  # kept, but cleaned on read (a BOM)
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -53,34 +54,50 @@ def _split_lines(data: bytes) -> list[bytes]:
 
 
 def _decode_lines(path: str, raw: list[bytes], on_invalid: str, errors: list[str]) -> tuple[list[str | None], int]:
-    """Decode each line; invalid ones become None (skip mode) or errors (error mode)."""
-    try:
-        whole = b"\n".join(raw).decode("utf-8")
-        return list(whole.split("\n")) if raw else [], 0
-    except UnicodeDecodeError:
-        pass
+    """Decode each line; invalid ones (bad UTF-8, or a NUL byte, which no text holds) become None
+    (skip mode) or errors (error mode)."""
+    if not any(b"\0" in line for line in raw):
+        try:
+            whole = b"\n".join(raw).decode("utf-8")
+            return list(whole.split("\n")) if raw else [], 0
+        except UnicodeDecodeError:
+            pass
     out: list[str | None] = []
     bad = 0
     for i, line in enumerate(raw, 1):
+        why = f"NUL byte at column {line.index(0) + 1}" if b"\0" in line else ""
         try:
-            out.append(line.decode("utf-8"))
+            text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad += 1
-            out.append(None)
-            if on_invalid == "error" and bad <= MAX_LISTED:
-                errors.append(f"{path}:{i}: invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})")
+            why = why or f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+        if not why:
+            out.append(text)
+            continue
+        bad += 1
+        out.append(None)
+        if on_invalid == "error" and bad <= MAX_LISTED:
+            errors.append(f"{path}:{i}: {why}")
     if on_invalid == "error" and bad > MAX_LISTED:
-        errors.append(f"{path}: ... and {bad - MAX_LISTED} more invalid UTF-8 lines")
+        errors.append(f"{path}: ... and {bad - MAX_LISTED} more invalid lines (UTF-8 or NUL)")
     return out, bad
 
 
-def _read_text_file(path: str, on_invalid: str, errors: list[str]) -> tuple[list[str | None], bytes]:
+BOM = b"\xef\xbb\xbf"
+
+
+def _read_text_file(path: str, on_invalid: str, errors: list[str], stripped: Counter[str] | None = None
+                    ) -> tuple[list[str | None], bytes]:
     p = Path(path)
     if not p.is_file():
         errors.append(f"{path}: file not found")
         return [], b""
     data = p.read_bytes()
-    lines, _ = _decode_lines(path, _split_lines(data), on_invalid, errors)
+    body = data
+    if data.startswith(BOM):  # an editor's byte-order mark is not part of the first sentence
+        body = data[len(BOM):]
+        if stripped is not None:
+            stripped["bom"] += 1
+    lines, _ = _decode_lines(path, _split_lines(body), on_invalid, errors)
     return lines, data
 
 
@@ -96,10 +113,11 @@ def _field(record: Any, dotted: str) -> Any:
 def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
     """Read a split; raise DataError listing every problem found in it."""
     errors: list[str] = []
+    stripped: Counter[str] = Counter()
     if spec.format == "text":
         assert spec.src is not None and spec.tgt is not None
-        src, sbytes = _read_text_file(spec.src, on_invalid, errors)
-        tgt, tbytes = _read_text_file(spec.tgt, on_invalid, errors)
+        src, sbytes = _read_text_file(spec.src, on_invalid, errors, stripped)
+        tgt, tbytes = _read_text_file(spec.tgt, on_invalid, errors, stripped)
         if not errors and len(src) != len(tgt):
             errors.append(
                 f"{where}: line counts differ: {spec.src} has {len(src)} lines, {spec.tgt} has {len(tgt)} lines"
@@ -108,7 +126,7 @@ def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
         pairs: list[tuple[str | None, str | None]] = list(zip(src, tgt))
     elif spec.format in ("tsv", "jsonl"):
         assert spec.path is not None
-        lines, data = _read_text_file(spec.path, on_invalid, errors)
+        lines, data = _read_text_file(spec.path, on_invalid, errors, stripped)
         pairs = _parse_records(spec, lines, errors)
         fp = _digest(spec.format, data, spec.src_field or "", spec.tgt_field or "",
                      str(spec.src_column), str(spec.tgt_column))
@@ -116,7 +134,7 @@ def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
         pairs, fp = _read_with_datasets(spec, errors)
     if errors:
         raise DataError(errors)
-    out = RawSplit([], [], [], Counter(), fp, spec.describe())
+    out = RawSplit([], [], [], Counter(), fp, spec.describe(), stripped)
     for i, (s, t) in enumerate(pairs, 1):
         if s is None or t is None:
             out.dropped["invalid_utf8"] += 1

@@ -27,7 +27,7 @@ from .filters import count, empty_mask, length_mask
 from .manifest import Manifest, SourceSpec, load_manifest
 from .store import TokenSplit, load_split, ragged, save_split
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: a leading BOM is stripped on read
 SPLITS = ("train", "dev", "test")
 Log = Callable[[str], None]
 
@@ -88,6 +88,25 @@ def read_all(manifest: Manifest, on_invalid: str) -> dict[tuple[str, str], RawSp
     return out
 
 
+def check_raw(raw: dict[tuple[str, str], RawSplit], data: DataConfig) -> list[str]:
+    """What `mmtc run` refuses before any tokenizer: a train split with no usable pair (an empty
+    file, a side that is all blank) and, unless data.allow_eval_drops, dev/test pairs that would
+    be dropped as empty or invalid. `mmtc data check` runs the same function."""
+    out = []
+    for (n, split), r in raw.items():
+        nonempty = empty_mask(r.src, r.tgt)
+        if split == "train" and not nonempty.any():
+            what = "the files hold no lines" if not r.src and not r.dropped else (
+                f"all {len(r.src)} are empty on a side" + (f", {sum(r.dropped.values())} invalid" if r.dropped else ""))
+            out.append(f"{n} train ({r.origin}): no pairs left after filtering ({what})")
+        elif split != "train" and not data.allow_eval_drops and (not nonempty.all() or r.dropped):
+            none = np.zeros(len(r.src), dtype=bool)
+            out.append(_eval_drop_message(n, split, r, ~nonempty, none, none,
+                                          Counter({**({"empty": int((~nonempty).sum())} if not nonempty.all() else {}),
+                                                   **r.dropped})))
+    return out
+
+
 def prepare_corpus(
     data: DataConfig, tok_cfg: TokenizerConfig, log: Log = print, manifest_path: Path | None = None,
     tokenizer_path: Path | None = None,
@@ -96,10 +115,9 @@ def prepare_corpus(
     mpath = manifest_path or resolve_manifest(data, log)
     manifest = load_manifest(mpath)
     raw = read_all(manifest, data.on_invalid)
-    hollow = [f"{n} train ({r.origin}): no pairs left after filtering (all {len(r.src)} are empty on a side)"
-              for (n, s), r in raw.items() if s == "train" and not empty_mask(r.src, r.tgt).any()]
-    if hollow:
-        raise DataError(hollow)
+    problems = check_raw(raw, data)
+    if problems:
+        raise DataError(problems)
     root = cache_root(data)
     fingerprint = _hash(*(f"{n}/{s}/{r.fingerprint}" for (n, s), r in sorted(raw.items())))
     if tokenizer_path is None:
@@ -125,7 +143,8 @@ def prepare_corpus(
         splits[split][name] = ts
         meta = ts.meta or {}
         entry = summary["directions"].setdefault(name, {})
-        entry[split] = {"pairs": len(ts), "dropped": meta.get("dropped", {}), "seen": meta.get("seen", len(ts))}
+        entry[split] = {"pairs": len(ts), "dropped": meta.get("dropped", {}), "seen": meta.get("seen", len(ts)),
+                        **({"stripped": meta["stripped"]} if meta.get("stripped") else {})}
     if errors:
         raise DataError(errors)
     for d in manifest.directions:
@@ -182,7 +201,8 @@ def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: s
     texts = None
     if split != "train":
         texts = {"src": [rs.src[i] for i in idx], "tgt": [rs.tgt[i] for i in idx]}
-    meta = {"seen": len(rs.src) + sum(rs.dropped.values()), "dropped": dict(drops), "origin": rs.origin}
+    meta = {"seen": len(rs.src) + sum(rs.dropped.values()), "dropped": dict(drops), "origin": rs.origin,
+            **({"stripped": dict(rs.stripped)} if rs.stripped else {})}
     return TokenSplit(src, src_off, tgt, tgt_off, lines[idx], texts, meta)
 
 
@@ -208,7 +228,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             if split in entry:
                 e = entry[split]
                 drop = ", ".join(f"{k} {v}" for k, v in sorted(e["dropped"].items()))
-                cells.append(f"{split} {e['pairs']}" + (f" (dropped {drop})" if drop else ""))
+                fixed = ", ".join(f"{k} {v}" for k, v in sorted(e.get("stripped", {}).items()))
+                cells.append(f"{split} {e['pairs']}" + (f" (dropped {drop})" if drop else "")
+                             + (f" (stripped {fixed})" if fixed else ""))
         group = f" [{entry.get('group')}]" if entry.get("group") else ""
         rows.append(f"  {name}{group}: " + "; ".join(cells))
     return "\n".join(rows)

@@ -144,3 +144,37 @@ def test_second_prepare_hits_the_cache(tmp_path, monkeypatch):
     a, b = first.splits["train"]["eng-fra"], second.splits["train"]["eng-fra"]
     assert list(a.src) == list(b.src) and list(a.tgt_off) == list(b.tgt_off)
     assert json.loads(json.dumps(second.summary)) == first.summary
+
+
+def test_nul_bytes_make_a_line_invalid_and_a_bom_is_stripped_and_counted(tmp_path):
+    spec = text_spec(tmp_path, b"\xef\xbb\xbfHello\nnul \x00 here\nfine\n", b"Bonjour\nb\nc\n")
+    with pytest.raises(DataError, match=rf"{tmp_path / 'a.src'}:2: NUL byte at column 5"):
+        read_split(spec, "error", "x")  # before: kept silently
+    rs = read_split(spec, "skip", "x")
+    assert rs.src == ["Hello", "fine"] and rs.dropped["invalid_utf8"] == 1  # before: "\ufeffHello"
+    assert rs.stripped == {"bom": 1}
+
+
+@pytest.mark.parametrize("case", ["invalid_utf8_train", "invalid_utf8_dev", "empty_train", "blank_side"])
+def test_data_check_refuses_what_run_refuses_with_the_same_messages(tmp_path, case):
+    from pipeline.data.check import check_manifest
+
+    src = [f"line {i} of text" for i in range(20)]
+    tgt = [f"ligne {i} de texte" for i in range(20)]
+    m = _corpus(tmp_path, src, tgt, (["hello", "ok"], ["bonjour", "oui"]))
+    train, dev = tmp_path / "c" / "train.fra", tmp_path / "c" / "dev.eng"
+    if case == "invalid_utf8_train":
+        train.write_bytes(train.read_bytes().replace(b"ligne 3", b"ligne \xff3"))
+    elif case == "invalid_utf8_dev":
+        dev.write_bytes(b"hello\n\xc3\n")
+    elif case == "empty_train":
+        train.write_bytes(b"")
+        (tmp_path / "c" / "train.eng").write_bytes(b"")
+    else:
+        train.write_bytes(b"\n" * 20)
+    cfg = DataConfig(corpus=str(m), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError) as run_error:
+        prepare_corpus(cfg, TokenizerConfig(vocab_size=280), log=lambda m: None, manifest_path=m)
+    with pytest.raises(DataError) as check_error:  # before: "ok" for every case
+        check_manifest(str(m))
+    assert check_error.value.errors == run_error.value.errors
