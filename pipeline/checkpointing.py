@@ -41,6 +41,21 @@ def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
     return [f"{k}: {old!r} -> {new!r}" for k, old, new in diff_items(a, b, path)]
 
 
+def corpus_changes(saved: dict[str, dict[str, str]] | None, now: dict[str, dict[str, str]]) -> str:
+    """Which direction splits (and files) differ from the checkpoint's, by their fingerprints."""
+    if not saved:
+        return "files changed (this checkpoint predates per-file fingerprints)"
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key not in now:
+            out.append(f"{key} is gone (was {saved[key]['files']})")
+        elif key not in saved:
+            out.append(f"{key} is new ({now[key]['files']})")
+        elif saved[key]["fingerprint"] != now[key]["fingerprint"]:
+            out.append(f"{key} changed ({now[key]['files']})")
+    return "; ".join(out) or "the same files, but their combination differs"
+
+
 class Checkpointer:
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
@@ -94,7 +109,7 @@ class Checkpointer:
         if t.dist.is_main:
             meta = {"step": t.counters.step, "stage": stage.name, "stage_index": index, "final": final,
                     "world": t.dist.world, "zero_stage": t.engine.zero_stage, "corpus": t.corpus.fingerprint,
-                    "recipe": to_plain(t.recipe)}
+                    "corpus_parts": t.corpus.parts, "recipe": to_plain(t.recipe)}
             try:
                 committed = ckpt.commit(root, tag, meta)
             except Exception as exc:  # the commit marker itself may not fit on the disk
@@ -187,7 +202,8 @@ class Checkpointer:
             problems.append(f"world size: the checkpoint was written by {saved.get('world')} processes, "
                             f"this run has {t.dist.world}")
         if saved.get("corpus") != t.corpus.fingerprint and "corpus" not in allow:
-            problems.append("corpus: the data's fingerprint differs from the checkpoint's (files changed?)")
+            problems.append("corpus: the data's fingerprint differs from the checkpoint's: "
+                            + corpus_changes(saved.get("corpus_parts"), t.corpus.parts))
         changed = diff_plain(saved.get("recipe"), to_plain(t.recipe))
         if changed and "recipe" not in allow:
             problems.append("recipe: " + "; ".join(changed))
@@ -231,8 +247,10 @@ class Checkpointer:
                     # The stop this checkpoint was saved for is history the resumed run cannot log again.
                     kept = kept[:cut] + [r for r in kept[cut:]
                                          if r.get("event") == "preempted" and r.get("checkpoint") == tag]
-            if len(kept) != len(rows):
-                ckpt.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            # Also when a torn last line was skipped: the next append must not continue it.
+            if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
+                ckpt.atomic_write_text(path, text)
 
     def evaluate_stage(self, tag: str, stage_index: int) -> None:
         """BLEU/chrF on dev for every direction with the stage-final weights, then the stage's

@@ -24,7 +24,10 @@ class DataConfig:
     max_len: int = 128  # subword tokens per side (train pairs above it are dropped and counted)
     max_len_ratio: float = 4.0  # longer side / shorter side, in tokens
     on_invalid: Literal["error", "skip"] = "error"  # invalid UTF-8 lines
-    allow_eval_drops: bool = False  # let filters drop dev/test pairs instead of failing
+    # max_len / max_len_ratio on dev and test too. Off: evaluation sets are scored whole (only the
+    # demo filters them, to score what its tiny model trains on).
+    filter_eval: bool = False
+    allow_eval_drops: bool = False  # let filters drop dev/test pairs (empty, invalid, filtered) instead of failing
     cache_dir: str | None = None  # default: $MMTC_CACHE or ~/.cache/mmtc
 
     def check(self, path: str) -> Check:
@@ -230,10 +233,14 @@ class MonitorConfig:
 
 @dataclass
 class UntilConfig:
-    """When a stage ends: at max_steps, or once min_steps are done and the monitors agree."""
+    """When a stage ends: at max_steps, or once min_steps are done and the monitors agree. The
+    fractions say the same relative to train.max_steps, so a recipe keeps its meaning when the
+    run's budget changes (--set train.max_steps=...)."""
 
     max_steps: int | None = None  # None: until train.max_steps
     min_steps: int = 0
+    max_fraction: float | None = None  # at most this share of train.max_steps (instead of max_steps)
+    min_fraction: float | None = None  # monitors may end the stage only after this share (instead of min_steps)
     any: list[MonitorConfig] = field(default_factory=list)  # ends when one of these fires
     all: list[MonitorConfig] = field(default_factory=list)  # ends when every one has fired
 
@@ -247,7 +254,28 @@ class UntilConfig:
             out.append((_key(path, "min_steps"), "must be >= 0"))
         if self.max_steps is not None and self.min_steps > self.max_steps:
             out.append((_key(path, "min_steps"), f"is above max_steps {self.max_steps}"))
+        for name, fixed in (("max_fraction", "max_steps"), ("min_fraction", "min_steps")):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not 0 < v <= 1:
+                out.append((_key(path, name), "must be in (0, 1]"))
+            if getattr(self, fixed):
+                out.append((_key(path, name), f"use either {fixed} or {name}, not both"))
+        if self.max_fraction and self.min_fraction and self.min_fraction > self.max_fraction:
+            out.append((_key(path, "min_fraction"), f"is above max_fraction {self.max_fraction}"))
         return out
+
+    def max_for(self, run_steps: int) -> int | None:
+        """The stage's own step limit for a run of `run_steps` steps (None: none of its own)."""
+        if self.max_fraction is not None:
+            return max(1, round(self.max_fraction * run_steps))
+        return self.max_steps
+
+    def min_for(self, run_steps: int) -> int:
+        if self.min_fraction is not None:
+            return round(self.min_fraction * run_steps)
+        return self.min_steps
 
     @property
     def monitors(self) -> list[MonitorConfig]:
@@ -264,9 +292,13 @@ class StageConfig:
     lr_schedule: Literal["continue", "reset"] = "continue"  # reset: a new warm-up and decay
     warmup_steps: int | None = None  # after a reset (default train.warmup_steps)
     surgery: SurgeryConfig | None = None  # None: the recipe's top-level surgery
+    # The share of train.max_steps kept for this stage: the stages before it end by then at the latest.
+    min_share: float = 0.0
 
     def check(self, path: str) -> Check:
         out: Check = []
+        if not 0 <= self.min_share < 1:
+            out.append((_key(path, "min_share"), "must be in [0, 1)"))
         if not self.name or not self.name.replace("-", "_").isidentifier():
             out.append((_key(path, "name"), f"must be a simple name (letters, digits, _ or -), got {self.name!r}"))
         if not self.directions:
@@ -300,6 +332,33 @@ class RecipeConfig:
                 if m.monitor != "budget" and not self.train.eval_every:
                     key = f"stages[{i}].until.{'any' if stage.until.any else 'all'}[{j}]"
                     out.append((key, f"a {m.monitor} monitor needs dev losses: set train.eval_every"))
+        return out
+
+    def stage_limits(self, index: int, start_step: int) -> int:
+        """The global step at which stage `index`, started at `start_step`, ends at the latest: its
+        own limit, the run's, and the steps the later stages' min_share keeps for them."""
+        run = self.train.max_steps
+        stages = self.resolved_stages()
+        reserved = sum(round(s.min_share * run) for s in stages[index + 1:])
+        own = stages[index].until.max_for(run)
+        end = run - reserved
+        return min(end, start_step + own) if own else end
+
+    def budget_warnings(self) -> list[str]:
+        """Stages that can get less than 10% of the run, or less than their min_share, when every
+        stage before them runs to its limit (a curriculum degenerating as the budget changes)."""
+        run = self.train.max_steps
+        stages = self.resolved_stages()
+        out, start = [], 0
+        for i, st in enumerate(stages):
+            end = max(start, self.stage_limits(i, start))
+            share = (end - start) / run
+            want = max(st.min_share, 0.1)
+            if i > 0 and share < want - 1e-9:
+                out.append(f"stage {st.name} can get as few as {end - start} of {run} steps ({100 * share:.0f}%) if "
+                           f"the stages before it run to their limits; give it stages[{i}].min_share or cap them with "
+                           "until.max_fraction")
+            start = end
         return out
 
     def resolved_stages(self) -> list[StageConfig]:

@@ -36,18 +36,18 @@ class StageProgress:
 
     def limit(self) -> int:
         """The global step at which this stage ends at the latest."""
-        run_max = self.recipe.train.max_steps
-        own = self.stage.until.max_steps
-        return min(run_max, self.start_step + own) if own else run_max
+        return self.recipe.stage_limits(self.index, self.start_step)
 
     def observe(self, obs: Observation) -> Ending | None:
         """Feed one step's observation; return how the stage ends, if it ends now."""
         fired_now = [(m, v) for m in self.monitors if (v := m.observe(obs)) is not None]
         if obs.step >= self.limit():
-            own = self.stage.until.max_steps
-            reason = "max_steps" if own and obs.step >= self.start_step + own else "run_max_steps"
+            run = self.recipe.train.max_steps
+            own = self.stage.until.max_for(run)
+            reason = ("max_steps" if own and obs.step >= self.start_step + own
+                      else "run_max_steps" if obs.step >= run else "reserved_for_later_stages")
             return Ending(reason, None, {"stage_step": obs.stage_step, "step": obs.step})
-        if not self.monitors or obs.stage_step < self.stage.until.min_steps:
+        if not self.monitors or obs.stage_step < self.stage.until.min_for(self.recipe.train.max_steps):
             return None
         fired = [m for m in self.monitors if m.fired is not None]
         if self.mode == "any" and fired:

@@ -109,7 +109,9 @@ def evaluate(
         refs = split.texts["tgt"][:n]
         hyp_ids = translate_ids(model, sources, tag_id, tok, cfg, device)
         hyps = tok.decode_batch(hyp_ids)
-        entry: dict[str, Any] = {"sentences": n, "loss": round(losses[name], 4), **vars(score(hyps, refs))}
+        # "of": the pairs the split's files hold, so a table can say when it scored only part of them
+        of = int((split.meta or {}).get("seen", len(split)))
+        entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4), **vars(score(hyps, refs))}
         if cfg.baseline:
             base = score(split.texts["src"][:n], refs)
             entry["copy_source"] = {"bleu": base.bleu, "chrf": base.chrf}
@@ -147,4 +149,12 @@ def format_table(results: dict[str, Any], groups: dict[str, str | None] | None =
                     f"{base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
     for k, a in results.get("averages", {}).items():
         rows.append(f"  {'avg ' + k:<19}{a['bleu']:>7.1f}{a['chrf']:>7.1f}")
-    return "\n".join(rows)
+    note = partial_note(results["directions"])
+    return "\n".join(rows + ([f"  {note}"] if note else []))
+
+
+def partial_note(directions: dict[str, Any]) -> str:
+    """'scored only part of the set: eng-heb 106 of 1500 (7.1%), ...', or '' when every set is whole."""
+    part = [f"{n} {e['sentences']} of {e['of']} ({100 * e['sentences'] / e['of']:.1f}%)"
+            for n, e in directions.items() if e.get("of") and e["sentences"] < e["of"]]
+    return ("scored only part of the set (filters, eval.max_sentences): " + ", ".join(part)) if part else ""

@@ -185,7 +185,7 @@ def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs
         hyp = data.run.eval_dir(tag) / split / f"{name}.hyp"
         before = (prev or {}).get("directions", {}).get(name)
         dirs[name] = {
-            "group": groups.get(name), "sentences": e["sentences"], "bleu": e["bleu"], "chrf": e["chrf"],
+            "group": groups.get(name), "sentences": e["sentences"], "of": e.get("of"), "bleu": e["bleu"], "chrf": e["chrf"],
             "loss": e["loss"], "copy_source": e.get("copy_source"),
             "bleu_signature": e["bleu_signature"], "chrf_signature": e["chrf_signature"],
             "hypotheses": str(hyp.relative_to(data.run.path)), "hypotheses_sha256": sha256(hyp),

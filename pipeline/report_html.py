@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import plots
 from .checkpoint import atomic_write_text
+from .evaluate import partial_note
 from .hostinfo import environment
 
 if TYPE_CHECKING:
@@ -95,7 +96,9 @@ def stage_markdown(rep: dict[str, Any]) -> str:
             d = a["delta"] or {}
             lines.append(f"| **avg {k}** ({a['directions']}) | | {a['bleu']:.2f} | {_md_d(d, 'bleu')} | "
                          f"{a['chrf']:.2f} | {_md_d(d, 'chrf')} | | | | |")
-        lines += ["", f"BLEU: `{sp['signatures']['bleu']}`  ", f"chrF: `{sp['signatures']['chrf']}`"]
+        note = partial_note(sp["directions"])
+        lines += (["", f"**{note}**"] if note else []) + [
+            "", f"BLEU: `{sp['signatures']['bleu']}`  ", f"chrF: `{sp['signatures']['chrf']}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +142,8 @@ def _score_table(reports: Sequence[dict[str, Any]], split: str) -> str:
                         if "loss" in e else ["", ""])
         rows.append(row)
     sig = reps[-1]["splits"][split]["signatures"]
-    return table(header, rows) + f"<p>BLEU <code>{esc(sig['bleu'])}</code><br>chrF <code>{esc(sig['chrf'])}</code></p>"
+    note = partial_note(reps[-1]["splits"][split]["directions"])
+    return table(header, rows) + (f'<p class="warn">{esc(note)}</p>' if note else "") + f"<p>BLEU <code>{esc(sig['bleu'])}</code><br>chrF <code>{esc(sig['chrf'])}</code></p>"
 
 
 def _data_table(summary: dict[str, Any]) -> str:

@@ -104,6 +104,22 @@ class RunDir:
             f.flush()
 
     def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
+        """The records of a log; a torn last line (a process killed mid-write) is skipped with a
+        warning, a torn line anywhere else is an error naming file and line."""
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i == last:
+                    print(f"warning: {path}:{i + 1}: torn last line skipped ({exc.msg})", file=sys.stderr)
+                    continue
+                raise RunDirError(f"{path}:{i + 1}: not a JSON record ({exc.msg}); only the last line may be "
+                                  "torn by a kill") from None
+        return out

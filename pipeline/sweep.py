@@ -16,6 +16,7 @@ import yaml
 from .config import load_recipe
 from .data.manifest import load_manifest
 from .data.prepare import resolve_manifest
+from .rundir import RunDir
 from .scaling import Fit, fit_direction, load_fits, save_fits, solve
 
 
@@ -74,7 +75,7 @@ def run_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Path, 
 
 
 def final_dev_losses(run_dir: Path) -> dict[str, float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = RunDir(run_dir).read_jsonl(run_dir / "metrics.jsonl")
     dev = [r["dev_loss"] for r in rows if "dev_loss" in r]
     if not dev:
         raise ValueError(f"{run_dir}: no dev loss was logged (set train.eval_every)")

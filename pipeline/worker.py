@@ -42,6 +42,9 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         if dist.is_main:
             barrier()
     preemption.install()
+    if dist.is_main and not resume:
+        for warning in recipe.budget_warnings():
+            print(f"warning: {warning}", flush=True)
     trainer = Trainer(recipe, run, dist, corpus)
     if resume:
         trainer.ckpt.restore(allow)

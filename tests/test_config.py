@@ -94,3 +94,36 @@ def test_shipped_recipes_load():
     assert recipes, "stages/ holds no recipes"
     for r in recipes:
         load_recipe(r)
+
+
+def test_stage_limits_follow_the_budget_and_reserve_later_stages(tmp_path):
+    two = Path(__file__).resolve().parents[1] / "stages" / "two_stage.yaml"
+    for budget in (1300, 700):
+        cfg = load_recipe(two, [f"train.max_steps={budget}"])
+        # hrl: at most 60% of the run; monitors from 25%; the mix keeps its 30% either way
+        assert cfg.stage_limits(0, 0) == round(0.6 * budget)
+        assert cfg.stages[0].until.min_for(budget) == round(0.25 * budget)
+        assert cfg.stage_limits(1, round(0.6 * budget)) == budget and not cfg.budget_warnings()
+    # the absolute form at 700 steps: hrl may take all 700 (before: the mix got 100 at its plateau)
+    p = write(tmp_path, "train: {max_steps: 700}\nstages:\n  - {name: hrl, until: {max_steps: 800}}\n  - {name: mix}\n")
+    cfg = load_recipe(p)
+    assert cfg.budget_warnings() == ["stage mix can get as few as 0 of 700 steps (0%) if the stages before it run "
+                                     "to their limits; give it stages[1].min_share or cap them with until.max_fraction"]
+    cfg = load_recipe(p, ["stages.1.min_share=0.4"])  # 0.4 * 700 = 280 kept: hrl ends by step 420
+    assert cfg.stage_limits(0, 0) == 420 and not cfg.budget_warnings()
+    p = write(tmp_path, "stages:\n  - {name: a, until: {max_steps: 5, max_fraction: 0.5}}\n  - {name: b, min_share: 1.5}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    text = "\n".join(exc.value.errors)
+    assert "stages[0].until.max_fraction: use either max_steps or max_fraction" in text
+    assert "stages[1].min_share: must be in [0, 1)" in text
+
+
+def test_only_the_demo_filters_its_evaluation_sets():
+    stages = Path(__file__).resolve().parents[1] / "stages"
+    for recipe in sorted(stages.glob("*.yaml")):
+        data = load_recipe(recipe).data
+        if recipe.stem == "demo":
+            assert data.filter_eval and data.allow_eval_drops
+        else:  # before: every recipe inherited the demo's filtered test sets
+            assert not data.filter_eval and not data.allow_eval_drops, recipe

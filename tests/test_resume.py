@@ -270,6 +270,15 @@ def test_an_allowed_override_is_recorded_with_its_step(setup, mmtc_env):
     root, recipe, _, _ = setup
     run = root / "override"
     mmtc(["run", str(recipe), "--run-dir", str(run)], mmtc_env, root, fault="kill@3", check=False)
+    train = root / "eng-pig" / "train.pig"
+    data = train.read_bytes()
+    train.write_bytes(data.replace(b"ay", b"ya", 1))
+    try:  # a changed corpus: the refusal names the direction split and its files (before: neither)
+        refused = mmtc(["resume", str(run)], mmtc_env, root, check=False)
+    finally:
+        train.write_bytes(data)
+    assert refused.returncode == 2 and f"eng-pig train changed ({root / 'eng-pig' / 'train.eng'} | {train})" \
+        in refused.stderr, refused.stderr
     out = mmtc(["resume", str(run), "--set", "train.lr=0.002", "--allow-change", "recipe"], mmtc_env, root).stdout
     assert "recipe changed from the checkpoint's (allowed): train.lr: 0.003 -> 0.002" in out
     change = next(e for e in events(run) if e["event"] == "recipe_changed")

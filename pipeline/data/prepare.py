@@ -43,6 +43,8 @@ class PreparedCorpus:
     splits: dict[str, dict[str, TokenSplit]]  # split -> direction -> tokens
     summary: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    # "direction split" -> {"fingerprint", "files"}: what a refused resume names when data changed
+    parts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def sizes(self, names: list[str]) -> list[int]:
         return [len(self.splits["train"][n]) for n in names]
@@ -125,7 +127,7 @@ def prepare_corpus(
     else:
         tokenizer = Tokenizer(tokenizer_path)
     tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
-    filt = json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, CACHE_VERSION])
+    filt = json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, data.filter_eval, CACHE_VERSION])
     splits: dict[str, dict[str, TokenSplit]] = {s: {} for s in SPLITS}
     errors: list[str] = []
     summary: dict[str, Any] = {"manifest": str(mpath), "directions": {}}
@@ -151,7 +153,8 @@ def prepare_corpus(
         summary["directions"][d.name]["group"] = d.group
     summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "path": str(tokenizer.path)}
     log(format_summary(summary))
-    return PreparedCorpus(manifest, tokenizer, splits, summary, fingerprint)
+    parts = {f"{n} {s}": {"fingerprint": r.fingerprint, "files": r.origin} for (n, s), r in sorted(raw.items())}
+    return PreparedCorpus(manifest, tokenizer, splits, summary, fingerprint, parts)
 
 
 def _tokenizer(manifest: Manifest, raw: dict[tuple[str, str], RawSplit], cfg: TokenizerConfig, root: Path,
@@ -183,6 +186,8 @@ def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: s
     src_lens = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
     tgt_lens = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
     too_long, bad_ratio = length_mask(src_lens, tgt_lens, cfg.max_len, cfg.max_len_ratio)
+    if split != "train" and not cfg.filter_eval:
+        too_long[:], bad_ratio[:] = False, False
     empty = ~nonempty
     too_long &= nonempty
     bad_ratio &= nonempty

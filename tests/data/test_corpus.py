@@ -178,3 +178,16 @@ def test_data_check_refuses_what_run_refuses_with_the_same_messages(tmp_path, ca
     with pytest.raises(DataError) as check_error:  # before: "ok" for every case
         check_manifest(str(m))
     assert check_error.value.errors == run_error.value.errors
+
+
+def test_evaluation_sets_are_scored_whole_unless_filter_eval(tmp_path):
+    src = [f"line {i} of text" for i in range(40)]
+    tgt = [f"ligne {i} de texte" for i in range(40)]
+    long = " ".join(["word"] * 60)
+    m = _corpus(tmp_path, src, tgt, (["hello", long], ["bonjour", long]))
+    cfg = DataConfig(corpus=str(m), max_len=20, cache_dir=str(tmp_path / "cache"))
+    corpus = prepare_corpus(cfg, TokenizerConfig(vocab_size=300), log=lambda m: None, manifest_path=m)
+    assert corpus.summary["directions"]["eng-fra"]["dev"]["pairs"] == 2  # max_len filters train only
+    cfg.filter_eval = True
+    with pytest.raises(DataError, match=r"eng-fra dev .*too_long: 1 \(lines 2\)"):
+        prepare_corpus(cfg, TokenizerConfig(vocab_size=300), log=lambda m: None, manifest_path=m)
