@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_recipe, resolve_recipe_path
+    from .recipes import load_recipe, resolve_recipe_path
     from .rundir import RunDir
     from .runlock import hold
 
@@ -264,7 +264,8 @@ def apply_overrides(run: RunDir, sets: list[str], allow: set[str]) -> None:
     """`--set` on a resume changes the saved recipe: refused like any changed recipe unless
     allowed; the trainer records an allowed change when it restores (event and run.json)."""
     from .checkpointing import ResumeRefused, diff_plain
-    from .config import load_recipe, recipe_to_plain
+    from .config import recipe_to_plain
+    from .recipes import load_recipe
 
     new = load_recipe(run.config, sets)
     changes = diff_plain(recipe_to_plain(run.load_config()), recipe_to_plain(new))

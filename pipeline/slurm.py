@@ -188,7 +188,7 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
                  opts: SlurmOptions, dry_run: bool = False) -> Path:
     """`mmtc sweep --slurm`: the sweep's runs prepared here, trained by one job array (one ratio per
     element); sweep.json is written now, so `mmtc scaling fit` works once the array is done."""
-    from .config import load_recipe
+    from .recipes import load_recipe
     from .rundir import RunDir
     from .runlock import hold
     from .sweep import plan_sweep, run_overrides
@@ -265,7 +265,7 @@ def add_submit_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    from .config import load_recipe, resolve_recipe_path
+    from .recipes import load_recipe, resolve_recipe_path
     from .rundir import RunDir
     from .runlock import hold
 
