@@ -251,22 +251,3 @@ class Checkpointer:
             # Also when a torn last line was skipped: the next append must not continue it.
             if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
                 ckpt.atomic_write_text(path, text)
-
-    def evaluate_stage(self, tag: str, stage_index: int) -> None:
-        """BLEU/chrF on dev for every direction with the stage-final weights, then the stage's
-        report (test scored too) under reports/ (rank 0)."""
-        from .evaluate import format_table
-        from .evaluation_run import evaluate_run
-
-        t = self.t
-        results = evaluate_run(t.run, t.corpus, t.recipe, split="dev", tag=tag, device=t.dist.device)
-        groups = {d.name: d.group for d in t.corpus.manifest.directions}
-        print(format_table(results, groups), flush=True)
-        try:
-            from .report import write_stage_report
-
-            path = write_stage_report(t.run, t.corpus, t.recipe, stage_index, tag, t.dist.device)
-            print(f"report: {path} (and {path.parent / 'index.html'})", flush=True)
-        except Exception as exc:  # a report is a view of the run: training goes on without it
-            print(f"report: not written ({type(exc).__name__}: {exc}); `mmtc report {t.run.path}` retries",
-                  flush=True)

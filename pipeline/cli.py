@@ -283,12 +283,12 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
     """Prepare the data here, before any worker starts (errors surface once, workers hit the
     cache), then train in this process or in `nproc` launched ones. A fresh run whose data
     fails to prepare is removed again, so the same command can be retried."""
-    from .data.prepare import copy_tokenizer
-    from .worker import load_corpus, train_main
+    from .data.prepare import copy_tokenizer, load_corpus
+    from .worker import train_main
 
     print(f"run directory: {run.path}", flush=True)
     try:
-        corpus = load_corpus(recipe, run, print)
+        corpus = load_corpus(recipe, run.tokenizer, print)
         copy_tokenizer(corpus, run.path)
         run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
     except BaseException:
@@ -355,12 +355,12 @@ def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
 
 
 def _run_context(run_dir: str) -> tuple[object, object, object]:
+    from .data.prepare import load_corpus
     from .rundir import RunDir
-    from .worker import load_corpus
 
     run = RunDir(run_dir)
     recipe = run.load_config()
-    corpus = load_corpus(recipe, run, lambda _m: None)
+    corpus = load_corpus(recipe, run.tokenizer, lambda _m: None)
     return run, recipe, corpus
 
 

@@ -143,10 +143,9 @@ def record_job(run_dir: Path, **record: Any) -> None:
 
 def prepare_run(run: RunDir, recipe: RecipeConfig) -> None:
     """What `mmtc run` does before training: tokenizer, cached data and summary, here and once."""
-    from .data.prepare import copy_tokenizer
-    from .worker import load_corpus
+    from .data.prepare import copy_tokenizer, load_corpus
 
-    corpus = load_corpus(recipe, run, print)
+    corpus = load_corpus(recipe, run.tokenizer, print)
     copy_tokenizer(corpus, run.path)
     run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
 

@@ -11,6 +11,7 @@ The trainer does not know which sampler or monitor it runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -73,6 +74,9 @@ class Trainer:
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
         self.final_unsaved: str | None = None  # the run's last checkpoint, when its save failed
+        # Called on rank 0 with (stage-final tag, stage index) when eval.stage_end: the worker
+        # registers the stage's evaluation and report (pipeline/stage_end.py).
+        self.on_stage_end: list[Callable[[str, int], None]] = []
         from .checkpointing import Checkpointer
 
         self.ckpt = Checkpointer(self)
@@ -399,7 +403,8 @@ class Trainer:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
             if self.recipe.eval.stage_end:
-                self.ckpt.evaluate_stage(committed.tag, index)
+                for hook in self.on_stage_end:
+                    hook(committed.tag, index)
         if last:
             self.meter.close()
 
