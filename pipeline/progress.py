@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 
 class Progress:
     def __init__(self, total_steps: int, enabled: bool) -> None:
         self.total, self.enabled = total_steps, enabled
-        self._t, self._step = time.time(), 0
+        self._step, self._busy = 0, 0.0
         self._bar: Any = None
 
     def start(self, step: int) -> None:
-        self._t, self._step = time.time(), step
+        self._step, self._busy = step, 0.0
+
+    def tick(self, seconds: float) -> None:
+        """Time spent in one training step (its batches, forward, backward, update)."""
+        self._busy += seconds
 
     def lap(self, step: int) -> tuple[float, int]:
-        """(seconds, steps) since the previous lap."""
-        now = time.time()
-        out = (now - self._t, step - self._step)
-        self._t, self._step = now, step
+        """(training seconds, steps) since the previous lap. Only the steps' own time counts:
+        dev evaluations, checkpoints and stage-end decoding and reports do not make the
+        training look slower (tokens/s) than it is."""
+        out = (self._busy, step - self._step)
+        self._step, self._busy = step, 0.0
         return out
 
     def show(self, r: dict[str, Any]) -> None:

@@ -352,6 +352,7 @@ class Trainer:
             while ending is None:
                 t0 = time.time()
                 self.train_step(self.stream.step_batches(self.counters.stage_step))
+                self.meter.tick(time.time() - t0)
                 if self.counters.step % t.log_every == 0:
                     self.log()
                 ending = self.observe(time.time() - t0)

@@ -326,14 +326,9 @@ def test_a_real_full_disk_fails_the_save_and_the_run_says_its_final_weights_are_
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_logged_monitor_values_and_throughput_are_the_decisions_and_the_training(setup):
+def test_logged_monitor_values_are_the_ones_the_decision_used(setup):
     root, recipe, ref, t = setup
     rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     at_switch = next(r for r in rows if r["step"] == t and "monitors" in r)
     # before: the row held the values from before this evaluation (fired: null at the switch)
     assert at_switch["monitors"]["plateau"]["fired"] is not None
-    first_mix = next(r for r in rows if "step_s" in r and r["stage"] == "mix")
-    hrl_final = next(p for p in (ref / "eval").iterdir() if p.name.endswith("-hrl-final"))
-    decoding = json.loads((hrl_final / "dev.json").read_text())["seconds"]
-    # before: the hrl stage's end (checkpoint, dev decoding, report) was counted in this one step
-    assert first_mix["step_s"] < decoding / 2, (first_mix, decoding)
