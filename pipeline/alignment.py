@@ -14,7 +14,7 @@ the two are refused when the stage opens.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,15 +23,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .data.batches import Batch, collate
 from .engine import all_reduce_sum
 from .sampling import rng_for
-
-if TYPE_CHECKING:
-    from .train import Trainer
+from .trainer_view import StepHost
 
 _PROBE = 0x4D44
 
 
 class GradientProbe:
-    def __init__(self, trainer: Trainer, probe_tokens: int) -> None:
+    def __init__(self, trainer: StepHost, probe_tokens: int) -> None:
         self.t = trainer
         self.probe_tokens = probe_tokens
         if trainer.engine.zero_stage == 3:

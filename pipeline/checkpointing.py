@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
 from . import faults
 from .engine import all_reduce_sum, barrier
-from .train import Counters
+from .trainer_view import CheckpointHost, Counters
 from .typed_yaml import to_plain
-
-if TYPE_CHECKING:
-    from .train import Trainer
 
 CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
 
@@ -57,7 +54,7 @@ def corpus_changes(saved: dict[str, dict[str, str]] | None, now: dict[str, dict[
 
 
 class Checkpointer:
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: CheckpointHost) -> None:
         self.t = trainer
 
     def client_state(self) -> dict[str, Any]:

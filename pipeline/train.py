@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -31,23 +31,13 @@ from .progress import Progress
 from .rundir import RunDir
 from .sampling import Sampler, build_sampler
 from .tensorboard import TensorBoardLog
+from .trainer_view import Counters
 from .typed_yaml import ConfigError
 from .weights import ReferenceModel, build_model, clipped_excess
 
 
 class TrainingStopped(RuntimeError):
     """The run saved and stopped on purpose (too many bad steps); the message says why."""
-
-
-@dataclass
-class Counters:
-    step: int = 0  # optimizer steps done in the whole run (skipped ones included)
-    stage: int = 0  # index of the current stage
-    stage_step: int = 0  # optimizer steps done in the current stage
-    tokens: int = 0  # target tokens trained on, all ranks
-    skipped_steps: int = 0  # steps whose update was skipped (non-finite loss or gradient)
-    bad_in_a_row: int = 0
-    finished: bool = False
 
 
 class Trainer:

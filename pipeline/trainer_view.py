@@ -1,0 +1,75 @@
+"""What the trainer's helpers may read and call on it, declared as Protocols: the gradient probe
+and the surgery step (`StepHost`) and the checkpointer (`CheckpointHost`) are typed against these,
+never against the Trainer, so none of them imports the training loop. `Counters` lives here too:
+the checkpointer restores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .config import RecipeConfig, StageConfig
+from .curriculum import StageProgress
+from .data.batches import BatchStream
+from .data.prepare import PreparedCorpus
+from .engine import Dist, Engine
+from .rundir import RunDir
+from .sampling import Sampler
+
+
+@dataclass
+class Counters:
+    step: int = 0  # optimizer steps done in the whole run (skipped ones included)
+    stage: int = 0  # index of the current stage
+    stage_step: int = 0  # optimizer steps done in the current stage
+    tokens: int = 0  # target tokens trained on, all ranks
+    skipped_steps: int = 0  # steps whose update was skipped (non-finite loss or gradient)
+    bad_in_a_row: int = 0
+    finished: bool = False
+
+
+class StepHost(Protocol):
+    """The trainer as the gradient probe and the surgery step see it."""
+
+    names: list[str]  # every direction of the corpus, in manifest order
+    corpus: PreparedCorpus
+    recipe: RecipeConfig
+    counters: Counters
+    dist: Dist
+    engine: Engine
+    stage_ids: np.ndarray  # the current stage's directions, as indices into `names`
+
+    def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
+        """The step's per-direction [loss, nll, tokens] summed over ranks (and the stop flag)."""
+        ...
+
+
+class SurgeryState(Protocol):
+    target: torch.Tensor | None  # this rank's shard of the target gradient (rank-local state)
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], target: torch.Tensor | None) -> None: ...
+
+
+class CheckpointHost(StepHost, Protocol):
+    """The trainer as the checkpointer sees it: what a checkpoint holds and how a stage reopens."""
+
+    run: RunDir
+    stages: list[StageConfig]
+    stream: BatchStream | None
+    progress: StageProgress | None
+    policy: Sampler
+    apply: str
+    task_step: SurgeryState | None
+    _acc: torch.Tensor  # [loss, nll, tokens] per direction since the last log line
+    _acc_eval: torch.Tensor  # ... and since the last dev evaluation
+
+    def event(self, kind: str, **fields: Any) -> None: ...
+
+    def counters_state(self) -> dict[str, Any]: ...
+
+    def open_stage(self, index: int, fresh: bool) -> None: ...
