@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .collectives import all_reduce_sum
 from .data.batches import Batch, collate
-from .engine import all_reduce_sum
 from .sampling import rng_for
 from .trainer_view import StepHost
 

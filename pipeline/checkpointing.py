@@ -9,9 +9,10 @@ import torch
 
 from . import checkpoint as ckpt
 from . import faults
-from .engine import all_reduce_sum, barrier
+from .collectives import all_reduce_sum, barrier
 from .trainer_view import CheckpointHost, Counters
 from .typed_yaml import to_plain
+from .weights import consolidated_state
 
 CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
 
@@ -158,7 +159,7 @@ class Checkpointer:
         self._check_compatible(found, allow)
         resharded = found.meta.get("world") != t.dist.world and int(found.meta.get("zero_stage", 0)) >= 1
         if resharded:
-            cs = t.engine.load_weights_only(found.path, int(found.meta["zero_stage"]))
+            cs = t.engine.load_weights_only(found.path, consolidated_state(found.path, int(found.meta["zero_stage"])))
             if t.dist.is_main:
                 print(f"resume: {found.meta.get('world')} -> {t.dist.world} processes under ZeRO-"
                       f"{found.meta['zero_stage']}: weights and schedule carry over, Adam's moments restart "

@@ -324,7 +324,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
     """Start `nproc` local workers through DeepSpeed's launcher (it sets RANK, WORLD_SIZE, ...)."""
-    from .engine import free_port
+    from .collectives import free_port
 
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
            "--master_port", str(free_port()), "--no_local_rank", "--module", "pipeline.worker", str(run_dir)]

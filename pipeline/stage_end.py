@@ -5,9 +5,9 @@ evaluation or reports."""
 
 from __future__ import annotations
 
+from .collectives import Dist
 from .config import RecipeConfig
 from .data.prepare import PreparedCorpus
-from .engine import Dist
 from .evaluate import format_table
 from .evaluation_run import evaluate_run
 from .report import write_stage_report

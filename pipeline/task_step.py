@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from . import surgery
+from .collectives import all_reduce_sum
 from .config import SurgeryConfig
 from .data.batches import Batch, StepBatches, collate
-from .engine import all_reduce_sum
 from .sampling import rng_for
 from .trainer_view import StepHost
 

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from . import faults, preemption
+from .collectives import Dist, all_reduce_sum, peak_memory_mb
 from .config import RecipeConfig, SamplingConfig
 from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
 from .devloss import DevLoss
-from .engine import Dist, Engine, all_reduce_sum, peak_memory_mb
+from .engine import Engine
 from .loss_weights import direction_scales
 from .monitors import Observation
 from .progress import Progress

@@ -11,11 +11,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .collectives import Dist
 from .config import RecipeConfig, StageConfig
 from .curriculum import StageProgress
 from .data.batches import BatchStream
 from .data.prepare import PreparedCorpus
-from .engine import Dist, Engine
+from .engine import Engine
 from .rundir import RunDir
 from .sampling import Sampler
 

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Callable
 
 from . import preemption
+from .collectives import barrier
 from .data.prepare import PreparedCorpus, load_corpus
-from .engine import barrier, setup_distributed
+from .engine import setup_distributed
 from .evaluate import format_table
 from .hostmem import keep_freed_memory
 from .rundir import RunDir

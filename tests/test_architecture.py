@@ -1,6 +1,7 @@
 """Import rules of the package, read from the source (lazy and TYPE_CHECKING imports included).
 
-Held now: no import cycle between files; only engine.py imports deepspeed; config.py imports
+Held now: no import cycle between files; only engine.py imports deepspeed (and evaluation,
+weights and reports load without it: collectives.py holds the plain torch.distributed ones); config.py imports
 only typed_yaml; the sampler base knows no sampler or config; the trainer's helpers (probe,
 surgery step, checkpointer) and the reports never import the training loop or the worker;
 cli.py imports no torch at module level.
@@ -107,3 +108,14 @@ def test_cli_imports_no_torch_at_module_level():
     assert not any(t == "torch" or t.startswith("torch.") for t in top)
     # nor anything of ours that would (typed_yaml is plain Python)
     assert {t for t in top if t.startswith("pipeline")} <= {"pipeline.typed_yaml", "pipeline.typed_yaml.ConfigError"}
+
+
+def test_evaluation_translation_and_reports_load_no_deepspeed():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.evaluation_run, pipeline.weights, pipeline.report, pipeline.compare, "
+            "pipeline.stage_end; print('deepspeed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "False", out.stderr
