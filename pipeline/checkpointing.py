@@ -10,7 +10,7 @@ import torch
 from . import checkpoint as ckpt
 from . import faults
 from .collectives import all_reduce_sum, barrier
-from .trainer_view import CheckpointHost, Counters
+from .trainer_view import CheckpointHost
 from .typed_yaml import to_plain
 from .weights import consolidated_state
 
@@ -60,17 +60,7 @@ class Checkpointer:
 
     def client_state(self) -> dict[str, Any]:
         t = self.t
-        return {
-            "counters": t.counters_state(),
-            "stream": None if t.stream is None else t.stream.state_dict(),
-            "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
-            # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
-            "policy": None if t.stream is None or t.apply == "sample" else t.policy.state_dict(),
-            "surgery": None if t.stream is None or t.task_step is None else t.task_step.state_dict(),
-            "world": t.dist.world,
-            "corpus": t.corpus.fingerprint,
-            "recipe": to_plain(t.recipe),
-        }
+        return {**t.state_dict(), "world": t.dist.world, "corpus": t.corpus.fingerprint, "recipe": to_plain(t.recipe)}
 
     def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
         # Each rank also writes rank_state<r>.pt: its RNG and its loss sums since the last log line
@@ -89,9 +79,7 @@ class Checkpointer:
                 raise OSError(28, "No space left on device (injected)")
             t.engine.save(root, tag, self.client_state())
             faults.kill_if("kill_in_save", t.counters.step)
-            target = None if t.task_step is None else t.task_step.target
-            torch.save({"torch": torch.get_rng_state(), "log": t._acc, "eval": t._acc_eval, "target": target},
-                       root / tag / f"rank_state{t.dist.rank}.pt")
+            torch.save(t.rank_state_dict(), root / tag / f"rank_state{t.dist.rank}.pt")
             state = t.engine.full_state_dict() if final else None
             if state is not None:
                 torch.save(state, root / tag / "consolidated.pt")
@@ -166,23 +154,8 @@ class Checkpointer:
                       "(ZeRO shards cannot be re-split); the data order follows the new world size", flush=True)
         else:
             cs = t.engine.load(t.run.checkpoints, found.tag)
-        t.counters = Counters(**cs["counters"])
-        rank_state: dict[str, Any] = {}
-        rng = found.path / f"rank_state{t.dist.rank}.pt"
-        if rng.is_file():
-            rank_state = torch.load(rng)
-            torch.set_rng_state(rank_state["torch"])
-            t._acc.copy_(rank_state["log"])
-            t._acc_eval.copy_(rank_state["eval"])
-        if not t.counters.finished and cs.get("stream") is not None:
-            t.open_stage(t.counters.stage, fresh=False)
-            assert t.stream is not None and t.progress is not None
-            t.stream.load_state_dict(cs["stream"])
-            t.progress.load_state_dict(cs["curriculum"])
-            if cs.get("policy") is not None:
-                t.policy.load_state_dict(cs["policy"])
-            if cs.get("surgery") is not None and t.task_step is not None:
-                t.task_step.load_state_dict(cs["surgery"], rank_state.get("target"))
+        rank_file = found.path / f"rank_state{t.dist.rank}.pt"
+        t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {})
         if t.dist.is_main:
             self._truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)

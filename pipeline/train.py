@@ -400,5 +400,43 @@ class Trainer:
         if last:
             self.meter.close()
 
-    def counters_state(self) -> dict[str, Any]:
-        return asdict(self.counters)
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the run's checkpoint holds of the loop (the engine saves the weights, the optimizer
+        and the LR schedule): counters, and the open stage's batch stream, curriculum, policy and
+        surgery state (None between stages)."""
+        open_ = self.stream is not None
+        return {
+            "counters": asdict(self.counters),
+            "stream": self.stream.state_dict() if self.stream is not None else None,
+            "curriculum": self.progress.state_dict() if open_ and self.progress is not None else None,
+            # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
+            "policy": self.policy.state_dict() if open_ and self.apply != "sample" else None,
+            "surgery": self.task_step.state_dict() if open_ and self.task_step is not None else None,
+        }
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own state: its RNG and its loss sums since the last log line and dev
+        evaluation (without them the first averages after a resume would cover fewer steps than
+        the uninterrupted run's), and its shard of the surgery target."""
+        return {"torch": torch.get_rng_state(), "log": self._acc, "eval": self._acc_eval,
+                "target": None if self.task_step is None else self.task_step.target}
+
+    def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any]) -> None:
+        """The inverse of state_dict and rank_state_dict: the stage that was open is opened again
+        (without its transitions) and its parts take their saved state."""
+        self.counters = Counters(**state["counters"])
+        if rank_state:
+            torch.set_rng_state(rank_state["torch"])
+            self._acc.copy_(rank_state["log"])
+            self._acc_eval.copy_(rank_state["eval"])
+        if self.counters.finished or state.get("stream") is None:
+            return
+        self.open_stage(self.counters.stage, fresh=False)
+        assert self.stream is not None and self.progress is not None
+        self.stream.load_state_dict(state["stream"])
+        self.progress.load_state_dict(state["curriculum"])
+        if state.get("policy") is not None:
+            self.policy.load_state_dict(state["policy"])
+        if state.get("surgery") is not None and self.task_step is not None:
+            self.task_step.load_state_dict(state["surgery"], rank_state.get("target"))

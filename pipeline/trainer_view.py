@@ -1,7 +1,6 @@
 """What the trainer's helpers may read and call on it, declared as Protocols: the gradient probe
-and the surgery step (`StepHost`) and the checkpointer (`CheckpointHost`) are typed against these,
-never against the Trainer, so none of them imports the training loop. `Counters` lives here too:
-the checkpointer restores them."""
+and the surgery step (`StepHost`) and the checkpointer (`CheckpointHost`: the trainer's state as
+dicts) are typed against these, never against the Trainer, so none of them imports the loop."""
 
 from __future__ import annotations
 
@@ -13,12 +12,9 @@ import torch
 
 from .collectives import Dist
 from .config import RecipeConfig, StageConfig
-from .curriculum import StageProgress
-from .data.batches import BatchStream
 from .data.prepare import PreparedCorpus
 from .engine import Engine
 from .rundir import RunDir
-from .sampling import Sampler
 
 
 @dataclass
@@ -48,29 +44,21 @@ class StepHost(Protocol):
         ...
 
 
-class SurgeryState(Protocol):
-    target: torch.Tensor | None  # this rank's shard of the target gradient (rank-local state)
+class CheckpointHost(Protocol):
+    """The trainer as the checkpointer sees it: its state as dicts, and what names a checkpoint."""
+
+    run: RunDir
+    recipe: RecipeConfig
+    corpus: PreparedCorpus
+    counters: Counters
+    dist: Dist
+    engine: Engine
+    stages: list[StageConfig]
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any], target: torch.Tensor | None) -> None: ...
+    def rank_state_dict(self) -> dict[str, Any]: ...
 
-
-class CheckpointHost(StepHost, Protocol):
-    """The trainer as the checkpointer sees it: what a checkpoint holds and how a stage reopens."""
-
-    run: RunDir
-    stages: list[StageConfig]
-    stream: BatchStream | None
-    progress: StageProgress | None
-    policy: Sampler
-    apply: str
-    task_step: SurgeryState | None
-    _acc: torch.Tensor  # [loss, nll, tokens] per direction since the last log line
-    _acc_eval: torch.Tensor  # ... and since the last dev evaluation
+    def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any]) -> None: ...
 
     def event(self, kind: str, **fields: Any) -> None: ...
-
-    def counters_state(self) -> dict[str, Any]: ...
-
-    def open_stage(self, index: int, fresh: bool) -> None: ...
