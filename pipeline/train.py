@@ -123,7 +123,7 @@ class Trainer:
                    lr_schedule=stage.lr_schedule, lr=self.engine.lr())
 
     def _reference(self, policy: Sampler, stage: str) -> ReferenceModel | None:
-        if not getattr(policy, "wants_reference", False):
+        if not policy.wants_reference:
             return None
         if self.recipe.stage_surgery(self.stages[self.counters.stage]).method != "none":
             raise ConfigError([f"stages.{stage}: {policy.kind} scores the plain step's tokens; it does not combine "

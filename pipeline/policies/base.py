@@ -44,6 +44,9 @@ class Sampler:
     needs_gradients = False  # True: observe_alignment every `every` steps (costs extra backward passes)
     every = 1  # update cadence in steps (SamplingConfig.every)
     train_loss = "nll"  # what observe_train receives: "nll", or "smoothed" (the label-smoothed loss)
+    wants_curvature = False  # with needs_gradients: also the curvature matrix and the dev alignment
+    wants_reference = False  # the trainer scores every step's targets with a frozen reference model
+    requires_apply: str | None = None  # the one `apply:` this kind works with (None: any)
 
     def __init__(self, names: Sequence[str], sizes: Sequence[int]) -> None:
         if len(names) != len(sizes) or not names:
