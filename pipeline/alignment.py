@@ -14,24 +14,22 @@ the two are refused when the stage opens.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .collectives import all_reduce_sum
 from .data.batches import Batch, collate
-from .engine import all_reduce_sum
-from .sampling import rng_for
-
-if TYPE_CHECKING:
-    from .train import Trainer
+from .policies.base import Sampler, rng_for
+from .trainer_view import StepHost
 
 _PROBE = 0x4D44
 
 
 class GradientProbe:
-    def __init__(self, trainer: Trainer, probe_tokens: int) -> None:
+    def __init__(self, trainer: StepHost, probe_tokens: int) -> None:
         self.t = trainer
         self.probe_tokens = probe_tokens
         if trainer.engine.zero_stage == 3:
@@ -109,14 +107,14 @@ class GradientProbe:
         dev = [self.flat_grad(self._batch("dev", [n], step, 2))[0] for n in dev_names]
         return {"train": train, "dev": dev}
 
-    def for_policy(self, policy: Any, step: int, train_names: list[str]) -> dict[str, Any]:
+    def for_policy(self, policy: Sampler, step: int, train_names: list[str]) -> dict[str, Any]:
         """What `policy.observe_alignment` reads, in eval mode (no dropout, no random numbers drawn):
         the cosines and, for a policy that `wants_curvature`, the dev alignment of the unit train
         gradients and their curvature matrix K."""
         t = self.t
         t.engine.train(False)
         info = self.cosines(step, train_names, t.names)
-        if getattr(policy, "wants_curvature", False):
+        if policy.wants_curvature:
             dev_mean = torch.stack(info["dev_grads"]).mean(0)
             units = [g / g.norm().clamp_min(1e-30) for g in info["train_grads"]]
             info["dev_alignment"] = self.gram(units, [dev_mean])[:, 0]

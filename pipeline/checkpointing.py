@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
 from . import faults
-from .engine import all_reduce_sum, barrier
-from .train import Counters
+from .collectives import all_reduce_sum, barrier
+from .trainer_view import CheckpointHost
 from .typed_yaml import to_plain
-
-if TYPE_CHECKING:
-    from .train import Trainer
+from .weights import consolidated_state
 
 CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
 
@@ -57,22 +55,12 @@ def corpus_changes(saved: dict[str, dict[str, str]] | None, now: dict[str, dict[
 
 
 class Checkpointer:
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: CheckpointHost) -> None:
         self.t = trainer
 
     def client_state(self) -> dict[str, Any]:
         t = self.t
-        return {
-            "counters": t.counters_state(),
-            "stream": None if t.stream is None else t.stream.state_dict(),
-            "curriculum": None if t.stream is None or t.progress is None else t.progress.state_dict(),
-            # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
-            "policy": None if t.stream is None or t.apply == "sample" else t.policy.state_dict(),
-            "surgery": None if t.stream is None or t.task_step is None else t.task_step.state_dict(),
-            "world": t.dist.world,
-            "corpus": t.corpus.fingerprint,
-            "recipe": to_plain(t.recipe),
-        }
+        return {**t.state_dict(), "world": t.dist.world, "corpus": t.corpus.fingerprint, "recipe": to_plain(t.recipe)}
 
     def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
         # Each rank also writes rank_state<r>.pt: its RNG and its loss sums since the last log line
@@ -91,9 +79,7 @@ class Checkpointer:
                 raise OSError(28, "No space left on device (injected)")
             t.engine.save(root, tag, self.client_state())
             faults.kill_if("kill_in_save", t.counters.step)
-            target = None if t.task_step is None else t.task_step.target
-            torch.save({"torch": torch.get_rng_state(), "log": t._acc, "eval": t._acc_eval, "target": target},
-                       root / tag / f"rank_state{t.dist.rank}.pt")
+            torch.save(t.rank_state_dict(), root / tag / f"rank_state{t.dist.rank}.pt")
             state = t.engine.full_state_dict() if final else None
             if state is not None:
                 torch.save(state, root / tag / "consolidated.pt")
@@ -161,30 +147,15 @@ class Checkpointer:
         self._check_compatible(found, allow)
         resharded = found.meta.get("world") != t.dist.world and int(found.meta.get("zero_stage", 0)) >= 1
         if resharded:
-            cs = t.engine.load_weights_only(found.path, int(found.meta["zero_stage"]))
+            cs = t.engine.load_weights_only(found.path, consolidated_state(found.path, int(found.meta["zero_stage"])))
             if t.dist.is_main:
                 print(f"resume: {found.meta.get('world')} -> {t.dist.world} processes under ZeRO-"
                       f"{found.meta['zero_stage']}: weights and schedule carry over, Adam's moments restart "
                       "(ZeRO shards cannot be re-split); the data order follows the new world size", flush=True)
         else:
             cs = t.engine.load(t.run.checkpoints, found.tag)
-        t.counters = Counters(**cs["counters"])
-        rank_state: dict[str, Any] = {}
-        rng = found.path / f"rank_state{t.dist.rank}.pt"
-        if rng.is_file():
-            rank_state = torch.load(rng)
-            torch.set_rng_state(rank_state["torch"])
-            t._acc.copy_(rank_state["log"])
-            t._acc_eval.copy_(rank_state["eval"])
-        if not t.counters.finished and cs.get("stream") is not None:
-            t.open_stage(t.counters.stage, fresh=False)
-            assert t.stream is not None and t.progress is not None
-            t.stream.load_state_dict(cs["stream"])
-            t.progress.load_state_dict(cs["curriculum"])
-            if cs.get("policy") is not None:
-                t.policy.load_state_dict(cs["policy"])
-            if cs.get("surgery") is not None and t.task_step is not None:
-                t.task_step.load_state_dict(cs["surgery"], rank_state.get("target"))
+        rank_file = found.path / f"rank_state{t.dist.rank}.pt"
+        t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {})
         if t.dist.is_main:
             self._truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
@@ -251,22 +222,3 @@ class Checkpointer:
             # Also when a torn last line was skipped: the next append must not continue it.
             if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
                 ckpt.atomic_write_text(path, text)
-
-    def evaluate_stage(self, tag: str, stage_index: int) -> None:
-        """BLEU/chrF on dev for every direction with the stage-final weights, then the stage's
-        report (test scored too) under reports/ (rank 0)."""
-        from .evaluate import format_table
-        from .evaluation_run import evaluate_run
-
-        t = self.t
-        results = evaluate_run(t.run, t.corpus, t.recipe, split="dev", tag=tag, device=t.dist.device)
-        groups = {d.name: d.group for d in t.corpus.manifest.directions}
-        print(format_table(results, groups), flush=True)
-        try:
-            from .report import write_stage_report
-
-            path = write_stage_report(t.run, t.corpus, t.recipe, stage_index, tag, t.dist.device)
-            print(f"report: {path} (and {path.parent / 'index.html'})", flush=True)
-        except Exception as exc:  # a report is a view of the run: training goes on without it
-            print(f"report: not written ({type(exc).__name__}: {exc}); `mmtc report {t.run.path}` retries",
-                  flush=True)

@@ -1,21 +1,13 @@
-"""`mmtc`: the command line. It parses, checks, and calls; the work happens in the modules it names."""
+"""`mmtc`: the command line. It parses and dispatches; the work happens in the modules it names
+(local_run: run and resume; run_tools: eval and translate; slurm, sweep, compare, ...)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .typed_yaml import ConfigError
-
-if TYPE_CHECKING:
-    from .config import RecipeConfig
-    from .rundir import RunDir
 
 EPILOG = """examples:
   mmtc run                                   # the demo recipe on the embedded demo corpus
@@ -153,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            from .local_run import cmd_run
+
             return cmd_run(args)
         if args.command == "resume":
+            from .local_run import cmd_resume
+
             return cmd_resume(args)
         if args.command == "status":
             from .rundir import RunDir
@@ -163,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             print(run_status(RunDir(args.run_dir)))
             return 0
         if args.command == "eval":
+            from .run_tools import cmd_eval
+
             return cmd_eval(args)
         if args.command == "translate":
+            from .run_tools import cmd_translate
+
             return cmd_translate(args)
         if args.command == "data":
             return cmd_data(args)
@@ -223,194 +223,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_recipe, resolve_recipe_path
-    from .rundir import RunDir
-    from .runlock import hold
-
-    path = resolve_recipe_path(args.recipe)
-    recipe = load_recipe(path, args.sets)
-    run = RunDir(args.run_dir or Path("runs") / path.stem)
-    allow = parse_allow(args.allow_change)
-    if args.allow_change and not args.resume:
-        print("mmtc: --allow-change goes with --resume", file=sys.stderr)
-        return 2
-    if args.resume and not run.exists():
-        print(f"mmtc: --resume: {run.path} holds no run", file=sys.stderr)
-        return 2
-    with hold(run.path):
-        if args.resume:
-            if args.sets:
-                apply_overrides(run, args.sets, allow)
-            return start(run, run.load_config(), args.nproc, True, allow)
-        fresh = not run.path.exists() or not any(p.name != ".lock" for p in run.path.iterdir())
-        run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
-        return start(run, recipe, args.nproc, False, fresh=fresh or args.overwrite)
-
-
-def parse_allow(text: str) -> set[str]:
-    from .checkpointing import CHANGES
-
-    allow = {x for x in text.split(",") if x}
-    unknown = allow - set(CHANGES)
-    if unknown:
-        raise ValueError(f"--allow-change: unknown {sorted(unknown)}; choose from {', '.join(CHANGES)}")
-    return allow
-
-
-def apply_overrides(run: RunDir, sets: list[str], allow: set[str]) -> None:
-    """`--set` on a resume changes the saved recipe: refused like any changed recipe unless
-    allowed; the trainer records an allowed change when it restores (event and run.json)."""
-    from .checkpointing import ResumeRefused, diff_plain
-    from .config import load_recipe, recipe_to_plain
-
-    new = load_recipe(run.config, sets)
-    changes = diff_plain(recipe_to_plain(run.load_config()), recipe_to_plain(new))
-    if not changes:
-        return
-    if "recipe" not in allow:
-        raise ResumeRefused(f"refusing to resume {run.path} with --set: the recipe would change:\n  - "
-                            + "\n  - ".join(changes) + "\nPass --allow-change recipe to resume with the change "
-                            "(recorded as a recipe_changed event and in run.json). Nothing was changed.")
-    run.write_config(new)
-
-
-def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: set[str] | None = None,
-          fresh: bool = False) -> int:
-    """Prepare the data here, before any worker starts (errors surface once, workers hit the
-    cache), then train in this process or in `nproc` launched ones. A fresh run whose data
-    fails to prepare is removed again, so the same command can be retried."""
-    from .data.prepare import copy_tokenizer
-    from .worker import load_corpus, train_main
-
-    print(f"run directory: {run.path}", flush=True)
-    try:
-        corpus = load_corpus(recipe, run, print)
-        copy_tokenizer(corpus, run.path)
-        run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
-    except BaseException:
-        if fresh:
-            run.remove_new()
-        raise
-    allow = allow or set()
-    if nproc <= 1:
-        return train_main(str(run.path), resume=resume, corpus=corpus, allow=frozenset(allow))
-    return launch(run.path, nproc, resume, ",".join(sorted(allow)))
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    from .rundir import RunDir
-    from .runlock import hold
-
-    run = RunDir(args.run_dir)
-    if not run.exists():
-        print(f"mmtc: {run.path} holds no run", file=sys.stderr)
-        return 2
-    allow = parse_allow(args.allow_change)
-    with hold(run.path):
-        if args.from_stage:
-            from .attempts import rewind_to_stage
-
-            archive, tag = rewind_to_stage(run, args.from_stage)
-            print(f"resume: the earlier attempt is kept in {archive}; restarting stage {args.from_stage} from {tag}")
-            allow.add("recipe")  # a redone stage is a new attempt: its recipe may change (recorded)
-        if args.sets:
-            apply_overrides(run, args.sets, allow)
-        return start(run, run.load_config(), args.nproc, True, allow)
-
-
-def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
-    """Start `nproc` local workers through DeepSpeed's launcher (it sets RANK, WORLD_SIZE, ...)."""
-    from .engine import free_port
-
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_port", str(free_port()), "--no_local_rank", "--module", "pipeline.worker", str(run_dir)]
-    if resume:
-        cmd += ["--resume", "--allow-change", allow]
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # The launcher runs in its own session, so a Ctrl-C reaches this process alone; it is passed to
-    # the workers, which finish the step, save and exit 85 (DeepSpeed's launcher would kill them).
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-
-    def forward(signum: int, _frame: object) -> None:
-        import psutil
-
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if "pipeline.worker" in " ".join(child.cmdline()):
-                    child.send_signal(signum)
-            except psutil.Error:
-                pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _run_context(run_dir: str) -> tuple[object, object, object]:
-    from .rundir import RunDir
-    from .worker import load_corpus
-
-    run = RunDir(run_dir)
-    recipe = run.load_config()
-    corpus = load_corpus(recipe, run, lambda _m: None)
-    return run, recipe, corpus
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import format_table
-    from .evaluation_run import evaluate_run
-
-    run, recipe, corpus = _run_context(args.run_dir)
-    if args.beam:
-        recipe.eval.beam = args.beam  # type: ignore[attr-defined]
-    if args.max_sentences:
-        recipe.eval.max_sentences = args.max_sentences  # type: ignore[attr-defined]
-    results = evaluate_run(run, corpus, recipe, split=args.split, tag=args.checkpoint)  # type: ignore[arg-type]
-    groups = {d.name: d.group for d in corpus.manifest.directions}  # type: ignore[attr-defined]
-    print(f"checkpoint {results['checkpoint']}")
-    print(format_table(results, groups))
-    return 0
-
-
-def cmd_translate(args: argparse.Namespace) -> int:
-    from .evaluate import translate_ids
-    from .rundir import RunDir
-    from .tokenizer import Tokenizer
-    from .weights import load_model
-
-    run = RunDir(args.run_dir)
-    recipe = run.load_config()
-    tok = Tokenizer(run.tokenizer)
-    if args.beam:
-        recipe.eval.beam = args.beam
-    model, _ = load_model(run, recipe, tok.vocab_size, tok.pad_id, args.checkpoint)
-    if args.src not in tok.languages:
-        print(f"mmtc: note: {args.src!r} is not a language of this run ({', '.join(tok.languages)})", file=sys.stderr)
-    if args.tgt not in tok.languages:
-        print(f"mmtc: --tgt {args.tgt}: this run has no target tag for it; its languages: "
-              f"{', '.join(tok.languages)}", file=sys.stderr)
-        return 2
-    tag_id = tok.tag_id(args.tgt)
-    lines = [line.rstrip("\n") for line in sys.stdin]
-    ids = tok.encode([line.strip() for line in lines])
-    hyps = translate_ids(model, ids, tag_id, tok, recipe.eval, model_device(model))
-    for h in tok.decode_batch(hyps):
-        print(h)
-    return 0
-
-
-def model_device(model: object) -> object:
-    import torch
-
-    assert isinstance(model, torch.nn.Module)
-    return next(model.parameters()).device
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .collectives import Dist, all_reduce_sum
 from .data.batches import Batch, collate, pack
 from .data.prepare import PreparedCorpus
-from .engine import Dist, Engine, all_reduce_sum
+from .engine import Engine
 
 
 class DevLoss:

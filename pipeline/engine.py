@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +19,13 @@ import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
 
+from .collectives import Dist, all_reduce_sum, free_port  # noqa: E402
 from .config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
 from .optim import SkippableAdamW  # noqa: E402
 from .schedule import StepSchedule  # noqa: E402
 
 logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 deepspeed.utils.logger.setLevel(logging.WARNING)
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shm_buffer_path(rank: int) -> Path:
@@ -295,11 +276,10 @@ class Engine:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
         return client_state or {}
 
-    def load_weights_only(self, tag_dir: Path, zero_stage: int) -> dict[str, Any]:
+    def load_weights_only(self, tag_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Resume on another world size: ZeRO's optimizer shards cannot be re-split, so take the
-        float32 weights (consolidated from whatever wrote them) and the LR schedule, keep the
-        optimizer's fresh state, and return the checkpoint's client state."""
-        weights = consolidated_state(tag_dir, zero_stage)
+        float32 `weights` (weights.consolidated_state of the tag) and the tag's LR schedule, keep
+        the optimizer's fresh state, and return the checkpoint's client state."""
         for name, p in self.module.named_parameters():
             value = weights[name].to(self.dist.device)
             if self.zero_stage == 0 and not hasattr(p, "_hp_mapping"):
@@ -325,55 +305,8 @@ class Engine:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In place, and returned. NCCL reduces only GPU tensors: the trainer's counters live on the CPU,
-    so under NCCL they make a round trip through the GPU."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if t.device.type == "cpu" and dist.get_backend() == "nccl":
-            on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
-            t.copy_(on_gpu)
-        else:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def peak_memory_mb(device: torch.device) -> list[float]:
-    """[peak resident host memory, peak GPU memory allocated, resident host memory now] of this
-    process, in MB. The peak holds start-up transients (DeepSpeed flattens copies of the weights);
-    the resident size between steps shows what the optimizer's partitioning keeps."""
-    import resource
-
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    try:
-        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        now = 0.0  # not Linux
-    return [host, gpu, now]
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def consolidated_state(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full float32 weights of a committed tag, whatever world size or ZeRO stage wrote it."""
-    single = tag_dir / "consolidated.pt"
-    if single.is_file():
-        return torch.load(single, map_location="cpu", weights_only=True)
-    if zero_stage == 0:
-        state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        return {k: v.float() for k, v in state["module"].items()}
+def zero_consolidated(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """Float32 weights gathered from the ZeRO shards of a tag (DeepSpeed's zero_to_fp32)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)

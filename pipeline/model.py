@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import PRESETS, ModelArch, ModelConfig, resolve_arch  # noqa: F401  (presets live with the config)
 from .layers import DecoderLayer, EncoderLayer, Packing, dropout, xavier_blocks
 from .loss import smoothed_nll
-
-if TYPE_CHECKING:
-    from .config import ModelConfig
-
-
-@dataclass(frozen=True)
-class ModelArch:
-    d_model: int
-    encoder_layers: int
-    decoder_layers: int
-    heads: int
-    ffn_dim: int
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    label_smoothing: float = 0.1
-    max_positions: int = 1024
-
-
-PRESETS: dict[str, ModelArch] = {
-    "tiny": ModelArch(d_model=256, encoder_layers=3, decoder_layers=3, heads=4, ffn_dim=1024),
-    "base": ModelArch(d_model=512, encoder_layers=6, decoder_layers=6, heads=8, ffn_dim=2048),
-    "big": ModelArch(d_model=1024, encoder_layers=6, decoder_layers=6, heads=16, ffn_dim=4096),
-}
-
-
-def resolve_arch(cfg: ModelConfig) -> ModelArch:
-    """The preset, with every field that `cfg` sets (not None) taking precedence."""
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown model preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
-    base = PRESETS[cfg.preset]
-    values = {f.name: getattr(base, f.name) for f in fields(ModelArch)}
-    for name in values:
-        value = getattr(cfg, name, None)
-        if value is not None:
-            values[name] = value
-    return ModelArch(**values)
 
 
 class EncoderOut(NamedTuple):

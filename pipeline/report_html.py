@@ -16,7 +16,7 @@ from .evaluate import partial_note
 from .hostinfo import environment
 
 if TYPE_CHECKING:
-    from .report import RunData
+    from .rundata import RunData
 
 Cell = str | tuple[str, str]  # text, or (text, css class)
 NUMERIC = re.compile(r"^([+\-–]?\d|–$)")  # right-aligned: numbers, signed deltas, "–" for none
@@ -160,7 +160,7 @@ def _data_table(summary: dict[str, Any]) -> str:
 
 
 def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
-    from .report import stage_stem
+    from .rundata import stage_stem
 
     out = data.run.path / "reports"
     pdir = out / "plots"

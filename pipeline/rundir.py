@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from .config import RecipeConfig, recipe_from_plain, recipe_to_plain
+from .config import RecipeConfig, recipe_to_plain
 from .hostinfo import environment
+from .recipes import recipe_from_plain
 
 
 class RunDirError(RuntimeError):

@@ -143,10 +143,9 @@ def record_job(run_dir: Path, **record: Any) -> None:
 
 def prepare_run(run: RunDir, recipe: RecipeConfig) -> None:
     """What `mmtc run` does before training: tokenizer, cached data and summary, here and once."""
-    from .data.prepare import copy_tokenizer
-    from .worker import load_corpus
+    from .data.prepare import copy_tokenizer, load_corpus
 
-    corpus = load_corpus(recipe, run, print)
+    corpus = load_corpus(recipe, run.tokenizer, print)
     copy_tokenizer(corpus, run.path)
     run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
 
@@ -188,7 +187,7 @@ def submit_sweep(recipe_path: str, ratios: Sequence[float], group: str, out: Pat
                  opts: SlurmOptions, dry_run: bool = False) -> Path:
     """`mmtc sweep --slurm`: the sweep's runs prepared here, trained by one job array (one ratio per
     element); sweep.json is written now, so `mmtc scaling fit` works once the array is done."""
-    from .config import load_recipe
+    from .recipes import load_recipe
     from .rundir import RunDir
     from .runlock import hold
     from .sweep import plan_sweep, run_overrides
@@ -265,7 +264,7 @@ def add_submit_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    from .config import load_recipe, resolve_recipe_path
+    from .recipes import load_recipe, resolve_recipe_path
     from .rundir import RunDir
     from .runlock import hold
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import load_recipe
 from .data.manifest import load_manifest
 from .data.prepare import resolve_manifest
+from .recipes import load_recipe
 from .rundir import RunDir
 from .scaling import Fit, fit_direction, load_fits, save_fits, solve
 

@@ -10,19 +10,17 @@ block: the whole model, or each layer) comes from one all-reduce; the combinatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import surgery
+from .collectives import all_reduce_sum
 from .config import SurgeryConfig
 from .data.batches import Batch, StepBatches, collate
-from .engine import all_reduce_sum
 from .sampling import rng_for
-
-if TYPE_CHECKING:
-    from .train import Trainer
+from .trainer_view import StepHost
 
 _ORDER, _DROP, _TARGET = 0x5047, 0x4744, 0x5450
 
@@ -33,7 +31,7 @@ def layer_key(name: str) -> str:
 
 
 class TaskStep:
-    def __init__(self, trainer: Trainer, cfg: SurgeryConfig, stage_names: list[str]) -> None:
+    def __init__(self, trainer: StepHost, cfg: SurgeryConfig, stage_names: list[str]) -> None:
         self.t, self.cfg = trainer, cfg
         manifest = trainer.corpus.manifest
         if cfg.tasks == "directions":

@@ -11,42 +11,34 @@ The trainer does not know which sampler or monitor it runs.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import faults, preemption
+from .collectives import Dist, all_reduce_sum, peak_memory_mb
 from .config import RecipeConfig, SamplingConfig
 from .curriculum import Ending, StageProgress
 from .data.batches import BatchStream, StepBatches
 from .data.prepare import PreparedCorpus
 from .devloss import DevLoss
-from .engine import Dist, Engine, all_reduce_sum, peak_memory_mb
+from .engine import Engine
 from .loss_weights import direction_scales
 from .monitors import Observation
 from .progress import Progress
 from .rundir import RunDir
 from .sampling import Sampler, build_sampler
 from .tensorboard import TensorBoardLog
+from .trainer_view import Counters
 from .typed_yaml import ConfigError
 from .weights import ReferenceModel, build_model, clipped_excess
 
 
 class TrainingStopped(RuntimeError):
     """The run saved and stopped on purpose (too many bad steps); the message says why."""
-
-
-@dataclass
-class Counters:
-    step: int = 0  # optimizer steps done in the whole run (skipped ones included)
-    stage: int = 0  # index of the current stage
-    stage_step: int = 0  # optimizer steps done in the current stage
-    tokens: int = 0  # target tokens trained on, all ranks
-    skipped_steps: int = 0  # steps whose update was skipped (non-finite loss or gradient)
-    bad_in_a_row: int = 0
-    finished: bool = False
 
 
 class Trainer:
@@ -73,6 +65,9 @@ class Trainer:
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
         self.final_unsaved: str | None = None  # the run's last checkpoint, when its save failed
+        # Called on rank 0 with (stage-final tag, stage index) when eval.stage_end: the worker
+        # registers the stage's evaluation and report (pipeline/stage_end.py).
+        self.on_stage_end: list[Callable[[str, int], None]] = []
         from .checkpointing import Checkpointer
 
         self.ckpt = Checkpointer(self)
@@ -128,7 +123,7 @@ class Trainer:
                    lr_schedule=stage.lr_schedule, lr=self.engine.lr())
 
     def _reference(self, policy: Sampler, stage: str) -> ReferenceModel | None:
-        if not getattr(policy, "wants_reference", False):
+        if not policy.wants_reference:
             return None
         if self.recipe.stage_surgery(self.stages[self.counters.stage]).method != "none":
             raise ConfigError([f"stages.{stage}: {policy.kind} scores the plain step's tokens; it does not combine "
@@ -400,9 +395,48 @@ class Trainer:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
             if self.recipe.eval.stage_end:
-                self.ckpt.evaluate_stage(committed.tag, index)
+                for hook in self.on_stage_end:
+                    hook(committed.tag, index)
         if last:
             self.meter.close()
 
-    def counters_state(self) -> dict[str, Any]:
-        return asdict(self.counters)
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the run's checkpoint holds of the loop (the engine saves the weights, the optimizer
+        and the LR schedule): counters, and the open stage's batch stream, curriculum, policy and
+        surgery state (None between stages)."""
+        open_ = self.stream is not None
+        return {
+            "counters": asdict(self.counters),
+            "stream": self.stream.state_dict() if self.stream is not None else None,
+            "curriculum": self.progress.state_dict() if open_ and self.progress is not None else None,
+            # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
+            "policy": self.policy.state_dict() if open_ and self.apply != "sample" else None,
+            "surgery": self.task_step.state_dict() if open_ and self.task_step is not None else None,
+        }
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own state: its RNG and its loss sums since the last log line and dev
+        evaluation (without them the first averages after a resume would cover fewer steps than
+        the uninterrupted run's), and its shard of the surgery target."""
+        return {"torch": torch.get_rng_state(), "log": self._acc, "eval": self._acc_eval,
+                "target": None if self.task_step is None else self.task_step.target}
+
+    def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any]) -> None:
+        """The inverse of state_dict and rank_state_dict: the stage that was open is opened again
+        (without its transitions) and its parts take their saved state."""
+        self.counters = Counters(**state["counters"])
+        if rank_state:
+            torch.set_rng_state(rank_state["torch"])
+            self._acc.copy_(rank_state["log"])
+            self._acc_eval.copy_(rank_state["eval"])
+        if self.counters.finished or state.get("stream") is None:
+            return
+        self.open_stage(self.counters.stage, fresh=False)
+        assert self.stream is not None and self.progress is not None
+        self.stream.load_state_dict(state["stream"])
+        self.progress.load_state_dict(state["curriculum"])
+        if state.get("policy") is not None:
+            self.policy.load_state_dict(state["policy"])
+        if state.get("surgery") is not None and self.task_step is not None:
+            self.task_step.load_state_dict(state["surgery"], rank_state.get("target"))

@@ -10,7 +10,6 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RecipeConfig
-from .engine import consolidated_state
 from .model import Seq2SeqTransformer, resolve_arch
 from .rundir import RunDir
 from .tokenizer import Tokenizer
@@ -83,4 +82,14 @@ def clipped_excess(nll: torch.Tensor, ref_nll: torch.Tensor, tgt_out: torch.Tens
     return ((nll.detach().float() - ref_nll.float()).clamp_min(0.0) * (tgt_out != 0)).sum(1)
 
 
+def consolidated_state(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full float32 weights of a committed tag, whatever world size or ZeRO stage wrote it."""
+    single = tag_dir / "consolidated.pt"
+    if single.is_file():
+        return torch.load(single, map_location="cpu", weights_only=True)
+    if zero_stage == 0:
+        state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in state["module"].items()}
+    from .engine import zero_consolidated  # DeepSpeed only for ZeRO shards
 
+    return zero_consolidated(tag_dir)

@@ -8,21 +8,17 @@ import sys
 from collections.abc import Callable
 
 from . import preemption
-from .config import RecipeConfig
-from .data.prepare import PreparedCorpus, prepare_corpus
-from .engine import barrier, setup_distributed
+from .collectives import barrier
+from .data.prepare import PreparedCorpus, load_corpus
+from .engine import setup_distributed
 from .evaluate import format_table
 from .hostmem import keep_freed_memory
 from .rundir import RunDir
+from .stage_end import StageEndReport
 from .tensorboard import TensorBoardLog
 from .train import Trainer, TrainingStopped
 
 EXIT_UNSAVED = 4  # training ended but its final checkpoint did not commit
-
-
-def load_corpus(recipe: RecipeConfig, run: RunDir, log: Callable[[str], None]) -> PreparedCorpus:
-    tok = run.tokenizer if run.tokenizer.is_file() else None
-    return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tok)
 
 
 def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None,
@@ -38,7 +34,7 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         # Rank 0 first: on a cold cache only it tokenises; the others then read what it wrote.
         if not dist.is_main:
             barrier()
-        corpus = load_corpus(recipe, run, print if dist.is_main else quiet)
+        corpus = load_corpus(recipe, run.tokenizer, print if dist.is_main else quiet)
         if dist.is_main:
             barrier()
     preemption.install()
@@ -46,6 +42,8 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         for warning in recipe.budget_warnings():
             print(f"warning: {warning}", flush=True)
     trainer = Trainer(recipe, run, dist, corpus)
+    if dist.is_main:
+        trainer.on_stage_end.append(StageEndReport(run, corpus, recipe, dist))
     if resume:
         trainer.ckpt.restore(allow)
     restarts = os.environ.get("SLURM_RESTART_COUNT")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.recipes import load_recipe
 from pipeline.typed_yaml import ConfigError
 
 

@@ -46,7 +46,7 @@ def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> st
 
 
 def _check_recipe(path: str, overrides: list[str] | tuple[str, ...]) -> str:
-    from ..config import load_recipe
+    from ..recipes import load_recipe
     from .prepare import format_summary, prepare_corpus
 
     recipe = load_recipe(path, overrides)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, TokenizerConfig
+from ..config import DataConfig, RecipeConfig, TokenizerConfig
 from ..tokenizer import Tokenizer, train_tokenizer
 from ..typed_yaml import to_plain
 from .corpus import DataError, RawSplit, read_split
@@ -88,6 +88,12 @@ def read_all(manifest: Manifest, on_invalid: str) -> dict[tuple[str, str], RawSp
     if errors:
         raise DataError(errors)
     return out
+
+
+def load_corpus(recipe: RecipeConfig, tokenizer: Path, log: Log = print) -> PreparedCorpus:
+    """The recipe's corpus for a run whose tokenizer lives at `tokenizer` (trained and cached
+    first when that file does not exist yet)."""
+    return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tokenizer if tokenizer.is_file() else None)
 
 
 def check_raw(raw: dict[tuple[str, str], RawSplit], data: DataConfig) -> list[str]:

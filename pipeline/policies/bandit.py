@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..sampling import Sampler, register
+from .base import Sampler, register
 
 
 @dataclass

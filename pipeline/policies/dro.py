@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..sampling import Sampler, register
+from .base import Sampler, register
 
 
 def read_baselines(names: list[str], given: dict[str, float], run_dir: str | None) -> np.ndarray:

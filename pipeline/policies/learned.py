@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..sampling import Sampler, register
+from .base import Sampler, register
 
 
 @dataclass

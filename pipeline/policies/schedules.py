@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..sampling import Sampler, register, temperature_probs
+from .base import Sampler, register, temperature_probs
 
 
 @dataclass

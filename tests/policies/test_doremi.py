@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import SamplingConfig, load_recipe
+from pipeline.config import SamplingConfig
+from pipeline.recipes import load_recipe
 from pipeline.sampling import build_sampler, check_sampling
 from pipeline.weights import clipped_excess
 

@@ -13,10 +13,10 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from pipeline.compare import add_report_commands, run_report_command
+from pipeline.data.prepare import load_corpus
 from pipeline.report import build_report, load_run_data, read_lines, validate, write_stage_report
 from pipeline.rundir import RunDir
 from pipeline.tensorboard import TensorBoardLog, flatten
-from pipeline.worker import load_corpus
 
 
 def stage_reports(run_dir):
@@ -62,7 +62,7 @@ def test_numbers_equal_sacrebleu_on_the_saved_hypotheses(run_copy):
     build_report(run_copy)
     run = RunDir(run_copy)
     recipe = run.load_config()
-    corpus = load_corpus(recipe, run, lambda _m: None)  # the references straight from the corpus
+    corpus = load_corpus(recipe, run.tokenizer, lambda _m: None)  # the references straight from the corpus
     previous = None
     for rep in stage_reports(run_copy):
         for split, sp in rep["splits"].items():
@@ -128,7 +128,7 @@ def test_index_embeds_every_figure_and_saves_it(run_copy):
 def test_trainer_hook_writes_each_stage_at_its_end(run_copy):
     run = RunDir(run_copy)
     recipe = run.load_config()
-    corpus = load_corpus(recipe, run, lambda _m: None)
+    corpus = load_corpus(recipe, run.tokenizer, lambda _m: None)
     data = load_run_data(run)
     paths = [write_stage_report(run, corpus, recipe, st.index, st.tag, torch.device("cpu")) for st in data.stages]
     assert [p.name for p in paths] == ["stage-0-hrl.json", "stage-1-mix.json"]

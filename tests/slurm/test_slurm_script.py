@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import preemption, slurm, slurm_task
-from pipeline.config import load_recipe
+from pipeline.recipes import load_recipe
 from pipeline.rundir import RunDir
 
 from corpus_factory import tiny_recipe, two_stage_recipe, write_corpus
