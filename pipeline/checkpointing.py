@@ -57,16 +57,20 @@ def corpus_changes(saved: dict[str, dict[str, str]] | None, now: dict[str, dict[
 class Checkpointer:
     def __init__(self, trainer: CheckpointHost) -> None:
         self.t = trainer
+        self.last_failed = False  # whether the latest save failed (known on every rank)
 
     def client_state(self) -> dict[str, Any]:
         t = self.t
         return {**t.state_dict(), "world": t.dist.world, "corpus": t.corpus.fingerprint, "recipe": to_plain(t.recipe)}
 
     def save(self, final: bool, stage_index: int | None = None) -> ckpt.Committed | None:
+        """Save and commit; on failure (a full disk, say) report it and keep the last commit in use.
+        Returns the Committed record on rank 0 (None on the other ranks, and on every rank when
+        the save failed: `last_failed` says which)."""
+        self.last_failed = False
         # Each rank also writes rank_state<r>.pt: its RNG and its loss sums since the last log line
         # and dev evaluation (without them the first averages after a resume would cover fewer
         # steps than the uninterrupted run's).
-        """Save and commit; on failure (a full disk, say) report it and keep the last commit in use."""
         t = self.t
         index = t.counters.stage if stage_index is None else stage_index
         stage = t.stages[index]
@@ -111,6 +115,7 @@ class Checkpointer:
         return committed
 
     def _failed(self, tag: str, why: str) -> None:
+        self.last_failed = True
         """A failed save: its partial tag is removed (freeing what it took) before anything else is
         written, and the last committed checkpoint stays the one a resume starts from."""
         t = self.t

@@ -389,7 +389,7 @@ class Trainer:
             self.counters.stage, self.counters.stage_step = index + 1, 0
         self.stream = None
         committed = self.ckpt.save(final=True, stage_index=index)
-        if committed is None and last:
+        if self.ckpt.last_failed and last:
             self.final_unsaved = f"step {self.counters.step}, stage {self.stages[index].name}"
         if committed is not None and self.dist.is_main:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
