@@ -370,10 +370,12 @@ class Trainer:
         self.event("preempted", signal=preemption.signal_name() or "on another rank",
                    checkpoint=None if committed is None else committed.tag)
         if self.dist.is_main:
-            saved = f"saved {committed.tag}" if committed is not None else "the save FAILED (see above)"
+            step = self.counters.step
+            saved = (f"saved at step {step} ({committed.tag})" if committed is not None
+                     else f"stopped at step {step}, but the save FAILED (see above)")
             why = "interrupted (Ctrl-C)" if preemption.signal_name() == "SIGINT" else "preempted"
-            print(f"{why}: stopped after step {self.counters.step}, {saved}; `mmtc resume {self.run.path}` "
-                  f"continues; exiting with code {preemption.EXIT_PREEMPTED}", flush=True)
+            print(f"{why}: {saved}; `mmtc resume {self.run.path}` continues; exiting with code "
+                  f"{preemption.EXIT_PREEMPTED}", flush=True)
         raise preemption.Preempted(f"stopped at step {self.counters.step}")
 
     def end_stage(self, index: int, ending: Ending) -> None:

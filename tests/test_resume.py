@@ -241,7 +241,7 @@ def test_ctrl_c_saves_then_resume_equals_uninterrupted_and_overrides_are_refused
                 fault="sigint@3", check=False)
     assert proc.returncode == 85, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "interrupted (Ctrl-C): stopped after step 3, saved step00000003-hrl" in proc.stdout
+    assert "interrupted (Ctrl-C): saved at step 3 (step00000003-hrl)" in proc.stdout
     ev = events(run)
     i = next(i for i, e in enumerate(ev) if e["event"] == "checkpoint")
     assert ev[i]["step"] == 3 and ev[i + 1]["event"] == "preempted" and ev[i + 1]["signal"] == "SIGINT"
