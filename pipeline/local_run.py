@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.sets:
                 apply_overrides(run, args.sets, allow)
             return start(run, run.load_config(), args.nproc, True, allow)
-        fresh = not run.path.exists() or not any(p.name != ".lock" for p in run.path.iterdir())
+        fresh = run.is_empty()
         run.create(recipe, overwrite=args.overwrite, source=str(path), overrides=args.sets)
         return start(run, recipe, args.nproc, False, fresh=fresh or args.overwrite)
 
@@ -84,7 +84,7 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
         run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
     except BaseException:
         if fresh:
-            run.remove_new()
+            run.clear()
         raise
     allow = allow or set()
     if nproc <= 1:

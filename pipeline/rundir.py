@@ -16,6 +16,8 @@ from .config import RecipeConfig, recipe_to_plain
 from .hostinfo import environment
 from .recipes import recipe_from_plain
 
+LOCK_NAME = ".lock"  # the writer lock's file (runlock.py), never part of a run's contents
+
 
 class RunDirError(RuntimeError):
     pass
@@ -62,15 +64,13 @@ class RunDir:
 
     def create(self, recipe: RecipeConfig, *, overwrite: bool, source: str, overrides: list[str]) -> None:
         # Called under the run's lock (runlock.RunLock), which makes this check and the creation atomic.
-        if self.path.exists() and any(p.name != ".lock" for p in self.path.iterdir()):
+        if not self.is_empty():
             if not overwrite:
                 raise RunDirError(
                     f"{self.path} already exists and holds a run. Nothing was changed. Use --resume to continue "
                     "it, --overwrite to delete it and start again, or --run-dir to choose another directory."
                 )
-            for p in self.path.iterdir():
-                if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_config(recipe)
         meta = {
@@ -84,11 +84,15 @@ class RunDir:
         }
         self.meta.write_text(json.dumps(meta, indent=1))
 
-    def remove_new(self) -> None:
-        """Undo a start that failed before training (bad data, say): the same command can then be
-        run again. Only for a directory this command created."""
+    def is_empty(self) -> bool:
+        """Nothing in it but the writer's lock file (or it does not exist yet)."""
+        return not self.path.exists() or all(p.name == LOCK_NAME for p in self.path.iterdir())
+
+    def clear(self) -> None:
+        """Delete everything but the lock file: for --overwrite, and to undo a start that failed
+        before training (bad data, say) so that the same command can be run again."""
         for p in self.path.iterdir():
-            if p.name != ".lock":
+            if p.name != LOCK_NAME:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def write_config(self, recipe: RecipeConfig) -> None:

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-NAME = ".lock"
+from .rundir import LOCK_NAME
+
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -48,7 +49,7 @@ def _holder_text(holder: dict) -> str:
 
 class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / NAME
+        self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
         self.took_over: dict | None = None  # the stale holder this lock replaced, if any
 
