@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.decode import beam_search, greedy_search
-from pipeline.model import Seq2SeqTransformer, resolve_arch
+from pipeline.model.decode import beam_search, greedy_search
+from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
 
 from throughput import marian  # noqa: E402  (same directory)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 def export(args: argparse.Namespace, data_dir: Path) -> tuple[Path, int]:
     """Writes our tokenised training pairs as id strings and binarises them with fairseq-preprocess."""
+    from pipeline.curriculum.recipe import load_recipe
     from pipeline.data.prepare import prepare_corpus
-    from pipeline.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     corpus = prepare_corpus(recipe.data, recipe.tokenizer, log=lambda _m: None)

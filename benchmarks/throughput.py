@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipeline.balance.static import build_sampler
 from pipeline.config import ModelConfig
+from pipeline.core.hostmem import keep_freed_memory
+from pipeline.curriculum.recipe import load_recipe
 from pipeline.data.batches import BatchStream
-from pipeline.hostmem import keep_freed_memory
-from pipeline.model import Seq2SeqTransformer, resolve_arch
-from pipeline.recipes import load_recipe
-from pipeline.sampling import build_sampler
+from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
 
 
 def batches(recipe_path: str, max_tokens: int, n: int, sets: list[str]) -> tuple[list, int]:
@@ -78,8 +78,8 @@ def ours_loss(model, b, eps: float) -> tuple[torch.Tensor, int]:
 
 def engine_contender(args: argparse.Namespace, arch, vocab: int):
     """mmtc's model inside its DeepSpeed engine, as `mmtc run` trains it (one process)."""
-    from pipeline.engine import Engine, setup_distributed
-    from pipeline.recipes import load_recipe
+    from pipeline.curriculum.recipe import load_recipe
+    from pipeline.engine.ds_engine import Engine, setup_distributed
 
     sets = [*args.set, f"model.preset={args.preset}", "model.dropout=0.1",
             f"train.precision={'bf16' if args.precision == 'bf16' else 'fp32'}", "train.lr=1e-4",

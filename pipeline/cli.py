@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .typed_yaml import ConfigError
+from pipeline.core.typed_yaml import ConfigError
 
 EPILOG = """examples:
   mmtc run                                   # the demo recipe on the embedded demo corpus
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--allow-change", default="", metavar="WHAT",
                      help="resume although these differ from the checkpoint: world, corpus, recipe (comma-separated)")
 
-    from .slurm import add_slurm_arguments, add_submit_command
+    from pipeline.launch.slurm import add_slurm_arguments, add_submit_command
 
     add_submit_command(sub)
 
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="recipe overrides when checking with the recipe's filters")
     dsub.add_parser("demo", help="build (once) and cache the Wesnoth demo corpus; print where it is")
-    from .compare import add_report_commands
+    from pipeline.report.compare import add_report_commands
 
     add_report_commands(sub)
     return ap
@@ -145,43 +145,43 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from .local_run import cmd_run
+            from pipeline.launch.local import cmd_run
 
             return cmd_run(args)
         if args.command == "resume":
-            from .local_run import cmd_resume
+            from pipeline.launch.local import cmd_resume
 
             return cmd_resume(args)
         if args.command == "status":
-            from .rundir import RunDir
-            from .status import run_status
+            from pipeline.report.status import run_status
+            from pipeline.rundir.layout import RunDir
 
             print(run_status(RunDir(args.run_dir)))
             return 0
         if args.command == "eval":
-            from .run_tools import cmd_eval
+            from pipeline.evaluation.commands import cmd_eval
 
             return cmd_eval(args)
         if args.command == "translate":
-            from .run_tools import cmd_translate
+            from pipeline.evaluation.commands import cmd_translate
 
             return cmd_translate(args)
         if args.command == "data":
             return cmd_data(args)
         if args.command in ("report", "compare"):
-            from .compare import run_report_command
+            from pipeline.report.compare import run_report_command
 
             return run_report_command(args)
         if args.command == "submit":
-            from .slurm import run_submit_command
+            from pipeline.launch.slurm import run_submit_command
 
             return run_submit_command(args)
         if args.command == "sweep":
-            from .sweep import run_sweep
+            from pipeline.launch.sweep import run_sweep
 
             ratios = [float(x) for x in args.ratios.split(",") if x]
             if args.slurm:
-                from .slurm import options_from_args, submit_sweep
+                from pipeline.launch.slurm import options_from_args, submit_sweep
 
                 print(submit_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets,
                                    options_from_args(args), dry_run=args.dry_run))
@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             print(run_sweep(args.recipe, ratios, args.group, Path(args.out), args.sets, args.nproc))
             return 0
         if args.command == "doremi":
-            from .doremi_run import run_doremi
+            from pipeline.launch.doremi_run import run_doremi
 
             print(run_doremi(args.reference_run, args.recipe, Path(args.out), Path(args.run_dir), args.sets,
                              args.nproc, args.eta, args.smoothing))
             return 0
         if args.command == "scaling":
-            from .sweep import cmd_fit, cmd_solve
+            from pipeline.launch.sweep import cmd_fit, cmd_solve
 
             if args.scaling_command == "fit":
                 print(cmd_fit(Path(args.sweep_json), Path(args.out) if args.out else None))
@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         print("mmtc: interrupted; nothing was saved after the last committed checkpoint", file=sys.stderr)
         return 130
     except Exception as exc:
-        from .checkpointing import ResumeRefused
-        from .data.corpus import DataError
-        from .data.demo import DemoUnavailable
-        from .rundir import RunDirError
-        from .runlock import RunLocked
+        from pipeline.checkpoint.checkpointer import ResumeRefused
+        from pipeline.data.corpus import DataError
+        from pipeline.data.demo import DemoUnavailable
+        from pipeline.rundir.layout import RunDirError
+        from pipeline.rundir.lock import RunLocked
 
         if isinstance(exc, (DataError, DemoUnavailable, RunDirError, RunLocked, FileNotFoundError, ResumeRefused, ValueError)):
             print(f"mmtc: {exc}", file=sys.stderr)
@@ -226,16 +226,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .config import DataConfig
+    from pipeline.config import DataConfig
 
     if args.data_command == "demo":
-        from .data.demo import build_demo_corpus
-        from .data.prepare import cache_root
+        from pipeline.data.demo import build_demo_corpus
+        from pipeline.data.prepare import cache_root
 
         path = build_demo_corpus(cache_root(DataConfig()), log=print)
         print(f"demo corpus manifest: {path}")
         return 0
-    from .data.check import check_manifest
+    from pipeline.launch.data_check import check_manifest
 
     print(check_manifest(args.manifest, args.sets))
     return 0

@@ -1,12 +1,12 @@
-"""The curvature's Hessian-vector products (pipeline/alignment.py) against independent references."""
+"""The curvature's Hessian-vector products (pipeline/gradients/probe.py) against independent references."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.alignment import hessian_vector_products
-from pipeline.model import ModelArch, Seq2SeqTransformer
+from pipeline.gradients.probe import hessian_vector_products
+from pipeline.model.transformer import ModelArch, Seq2SeqTransformer
 
 
 def test_products_equal_the_full_hessian_of_a_small_network() -> None:

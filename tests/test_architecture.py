@@ -1,10 +1,9 @@
 """Import rules of the package, read from the source (lazy and TYPE_CHECKING imports included).
 
-Held now: no import cycle between files; only engine.py imports deepspeed (and evaluation,
-weights and reports load without it: collectives.py holds the plain torch.distributed ones); config.py imports
-only typed_yaml; the sampler base knows no sampler or config; the trainer's helpers (probe,
-surgery step, checkpointer) and the reports never import the training loop or the worker;
-cli.py imports no torch at module level.
+The sub-packages are layers in the order data flows (LAYERS); each imports only layers before it,
+so there is no cycle between folders, and none between files. On top of that, the rules the
+layering implies are spelled out one by one (only engine/ imports deepspeed, config/ only core/,
+...), and cli.py imports no torch at module level.
 """
 
 from __future__ import annotations
@@ -76,46 +75,104 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# The layers, in the order data flows; a layer imports only the ones before it. Layers on one
+# line are siblings: they do not import each other.
+LAYERS: list[tuple[str, ...]] = [
+    ("core",),
+    ("config",),
+    ("model", "balance", "engine"),
+    ("data",),
+    ("curriculum",),
+    ("rundir",),
+    ("gradients",),
+    ("checkpoint",),
+    ("train",),
+    ("evaluation",),
+    ("report",),
+    ("launch",),
+    ("cli",),
+    ("__main__",),
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def folder(module: str) -> str:
+    """The layer a module belongs to: its sub-package, or the top-level file's own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def folder_graph(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for m, targets in g.items():
+        out.setdefault(folder(m), set()).update(folder(t) for t in targets if folder(t) != folder(m))
+    return out
+
+
 def test_no_import_cycle_between_files():
     assert cycles(graph()) == []
+
+
+def test_no_import_cycle_between_folders():
+    assert cycles(folder_graph(graph())) == []
 
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_every_module_is_in_a_layer():
+    assert sorted({folder(m) for m in graph()} - set(RANK) - {""}) == []
+
+
+def test_each_layer_imports_only_the_layers_before_it():
+    wrong = sorted(f"{m} -> {t}" for m, targets in graph().items() for t in targets
+                   if folder(m) and folder(t) and folder(t) != folder(m) and RANK[folder(t)] >= RANK[folder(m)])
+    assert wrong == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    g = {"pipeline.data.batches": {"pipeline.train.trainer"}, "pipeline.train.trainer": set()}
+    assert [m for m, ts in g.items() for t in ts if RANK[folder(t)] >= RANK[folder(m)]] == ["pipeline.data.batches"]
+
+
+def importers_of(prefix: str) -> list[str]:
+    return sorted(module_name(p) for p in PACKAGE.rglob("*.py")
+                  if any(t == prefix or t.startswith(prefix + ".") for t in imports(p)))
+
+
 def test_only_the_engine_imports_deepspeed():
-    users = sorted(module_name(p) for p in PACKAGE.rglob("*.py")
-                   if any(t == "deepspeed" or t.startswith("deepspeed.") for t in imports(p)))
-    assert users == ["pipeline.engine"]
+    assert {folder(m) for m in importers_of("deepspeed")} == {"engine"}
 
 
-def test_config_imports_only_typed_yaml_and_the_sampler_base_nothing_of_ours():
-    g = graph()
-    assert g["pipeline.config"] <= {"pipeline.typed_yaml"}
-    assert g["pipeline.policies.base"] == set()
+def folders_imported_by(layer: str) -> set[str]:
+    return folder_graph(graph()).get(layer, set())
 
 
-def test_helpers_and_reports_never_import_the_loop_or_the_worker():
-    g = graph()
-    for helper in ("pipeline.alignment", "pipeline.task_step", "pipeline.checkpointing", "pipeline.report",
-                   "pipeline.report_html", "pipeline.rundata", "pipeline.compare", "pipeline.trainer_view"):
-        assert not g[helper] & {"pipeline.train", "pipeline.worker"}, helper
+def test_the_rules_of_the_issue_one_by_one():
+    for helper in ("balance", "curriculum", "gradients", "checkpoint"):
+        assert "train" not in folders_imported_by(helper), helper
+    assert not folders_imported_by("data") & {"model", "balance", "engine"}
+    assert folders_imported_by("config") <= {"core"}
+    assert not folders_imported_by("train") & {"evaluation", "report", "launch"}
+    assert folders_imported_by("core") == set()
 
 
 def test_cli_imports_no_torch_at_module_level():
     top = imports(PACKAGE / "cli.py", top_level_only=True)
     assert not any(t == "torch" or t.startswith("torch.") for t in top)
     # nor anything of ours that would (typed_yaml is plain Python)
-    assert {t for t in top if t.startswith("pipeline")} <= {"pipeline.typed_yaml", "pipeline.typed_yaml.ConfigError"}
+    assert {t for t in top if t.startswith("pipeline")} <= {"pipeline.core.typed_yaml",
+                                                           "pipeline.core.typed_yaml.ConfigError"}
 
 
 def test_evaluation_translation_and_reports_load_no_deepspeed():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.evaluation_run, pipeline.weights, pipeline.report, pipeline.compare, "
-            "pipeline.stage_end; print('deepspeed' in sys.modules)")
+    code = ("import sys, pipeline.evaluation.run_eval, pipeline.evaluation.commands, pipeline.checkpoint.weights, "
+            "pipeline.report.stage_report, pipeline.report.compare, pipeline.report.stage_end; "
+            "print('deepspeed' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip() == "False", out.stderr

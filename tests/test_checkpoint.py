@@ -1,6 +1,6 @@
 import json
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoint import commit as ckpt
 
 
 def make_tag(root, step, final=False, commit=True):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipes import load_recipe
-from pipeline.typed_yaml import ConfigError
+from pipeline.core.typed_yaml import ConfigError
+from pipeline.curriculum.recipe import load_recipe
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from pipeline.decode import beam_search, greedy_search, max_lengths, top_k
-from pipeline.model import ModelArch, Seq2SeqTransformer
+from pipeline.model.decode import beam_search, greedy_search, max_lengths, top_k
+from pipeline.model.transformer import ModelArch, Seq2SeqTransformer
 
 PAD, BOS, EOS = 1, 2, 3
 

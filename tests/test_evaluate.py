@@ -1,6 +1,6 @@
 """Eval tables say what share of each test set they scored."""
 
-from pipeline.evaluate import format_table, partial_note
+from pipeline.evaluation.evaluate import format_table, partial_note
 
 
 def test_a_partly_scored_set_is_stated_with_its_share():

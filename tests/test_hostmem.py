@@ -5,7 +5,7 @@ import resource
 
 import pytest
 
-from pipeline.hostmem import keep_freed_memory
+from pipeline.core.hostmem import keep_freed_memory
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from test_model import PAD, batch, small, teacher_forcing
 
-from pipeline.layers import Packing, add_dropout, dropout
+from pipeline.model.layers import Packing, add_dropout, dropout
 
 
 def test_packing_round_trip_and_positions() -> None:

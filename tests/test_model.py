@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.model import PRESETS, ModelArch, Seq2SeqTransformer, resolve_arch
+from pipeline.config import PRESETS, ModelArch, ModelConfig, resolve_arch
+from pipeline.model.transformer import Seq2SeqTransformer
 
 PAD, BOS, EOS, VOCAB = 1, 2, 3, 50
 

@@ -1,9 +1,9 @@
 import pytest
 
 from pipeline.config import MonitorConfig, RecipeConfig, StageConfig, UntilConfig
-from pipeline.curriculum import StageProgress
+from pipeline.curriculum.monitors import Budget, Observation, Overfitting, Plateau, build_monitor
+from pipeline.curriculum.stage import StageProgress
 from pipeline.data.manifest import DirectionSpec, Manifest, SourceSpec
-from pipeline.monitors import Budget, Observation, Overfitting, Plateau, build_monitor
 
 
 def obs(step, dev=None, train=None, tokens=0, seconds=0.0):

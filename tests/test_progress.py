@@ -2,7 +2,7 @@
 
 import time
 
-from pipeline.progress import Progress
+from pipeline.train.progress import Progress
 
 
 def test_time_outside_the_steps_is_not_training_time():

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipeline.checkpointing import corpus_changes
-from pipeline.rundir import RunDir, RunDirError
+from pipeline.checkpoint.checkpointer import corpus_changes
+from pipeline.rundir.layout import RunDir, RunDirError
 
 
 def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from pipeline import runlock
-from pipeline.runlock import RunLock, RunLocked
+from pipeline.rundir import lock as runlock
+from pipeline.rundir.lock import RunLock, RunLocked
 
 HOLD = """
 import sys, time
-from pipeline.runlock import RunLock
+from pipeline.rundir.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(60)

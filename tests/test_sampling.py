@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from pipeline.balance.static import build_sampler
 from pipeline.config import SamplingConfig
-from pipeline.sampling import build_sampler, temperature_probs
-from pipeline.typed_yaml import ConfigError
+from pipeline.core.mixing import temperature_probs
+from pipeline.core.typed_yaml import ConfigError
 
 SIZES = [100_000, 20_000, 3_000, 50]
 NAMES = ["a", "b", "c", "d"]

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.scaling import PARAMS, Fit, fit_direction, from_chen, law, load_fits, save_fits, solve
-from pipeline.sweep import ratio_weights, write_recipe_with_weights
+from pipeline.balance.scaling_law import (
+    PARAMS,
+    Fit,
+    fit_direction,
+    from_chen,
+    law,
+    load_fits,
+    save_fits,
+    solve,
+)
+from pipeline.launch.sweep import ratio_weights, write_recipe_with_weights
 
 # Chen et al.'s seven parameters at one data size D = 20,000
 CHEN = {"k": 5.0, "alpha": 0.4, "gamma": 0.1, "b": 0.5, "q": 2.0, "beta": 0.6, "m_inf": 1.5}

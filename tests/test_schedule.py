@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.schedule import StepSchedule, lr_at
+from pipeline.engine.lr_schedule import StepSchedule, lr_at
 
 
 def test_inverse_sqrt_by_hand():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.surgery import _others, graddrop, gradvac, pcgrad, target_projection
+from pipeline.gradients.surgery import _others, graddrop, gradvac, pcgrad, target_projection
 
 
 def ref_pcgrad(vecs, rng):

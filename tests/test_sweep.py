@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.recipes import load_recipe
+from pipeline.curriculum.recipe import load_recipe
 
 from corpus_factory import tiny_recipe, write_corpus
 

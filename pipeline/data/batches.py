@@ -15,16 +15,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..sampling import Sampler, rng_for
-from ..tokenizer import BOS_ID, EOS_ID, PAD_ID
-from .store import TokenSplit
+from pipeline.core.rng import rng_for
+from pipeline.data.store import TokenSplit
+from pipeline.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _PERM, _SHUFFLE, _TIE = 0x5045, 0x5348, 0x5449
+
+
+class DirectionSampler(Protocol):
+    """What the stream needs of a sampler (`pipeline.balance.base.Sampler` is one): the mix at a
+    stage step, draws from it with a generator reseeded per chunk, and its state for a resume."""
+
+    def probabilities(self, step: int) -> np.ndarray: ...
+
+    def reseed(self, *keys: int) -> None: ...
+
+    def draw(self, n: int, p: np.ndarray | None = None) -> np.ndarray: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -88,7 +103,7 @@ class BatchStream:
         splits: Sequence[TokenSplit],
         dir_ids: Sequence[int],
         tags: Sequence[int],
-        sampler: Sampler,
+        sampler: DirectionSampler,
         *,
         seed: int,
         stage: int,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import SourceSpec
+from pipeline.data.manifest import SourceSpec
 
 MAX_LISTED = 5  # problems listed per file before "... and N more"
 

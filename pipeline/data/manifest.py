@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..typed_yaml import ConfigError, bind, load_yaml_file
+from pipeline.core.typed_yaml import ConfigError, bind, load_yaml_file
 
 Check = list[tuple[str, str]]
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, RecipeConfig, TokenizerConfig
-from ..tokenizer import Tokenizer, train_tokenizer
-from ..typed_yaml import to_plain
-from .corpus import DataError, RawSplit, read_split
-from .filters import count, empty_mask, length_mask
-from .manifest import Manifest, SourceSpec, load_manifest
-from .store import TokenSplit, load_split, ragged, save_split
+from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
+from pipeline.core.typed_yaml import to_plain
+from pipeline.data.corpus import DataError, RawSplit, read_split
+from pipeline.data.filters import count, empty_mask, length_mask
+from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
+from pipeline.data.store import TokenSplit, load_split, ragged, save_split
+from pipeline.data.tokenizer import Tokenizer, train_tokenizer
 
 CACHE_VERSION = "2"  # 2: a leading BOM is stripped on read
 SPLITS = ("train", "dev", "test")
@@ -60,7 +60,7 @@ def _hash(*parts: str) -> str:
 
 def resolve_manifest(cfg: DataConfig, log: Log) -> Path:
     if cfg.corpus == "demo":
-        from .demo import build_demo_corpus
+        from pipeline.data.demo import build_demo_corpus
 
         return build_demo_corpus(cache_root(cfg), log=log)
     return Path(cfg.corpus)

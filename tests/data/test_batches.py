@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from pipeline.balance.static import build_sampler
 from pipeline.config import SamplingConfig
 from pipeline.data.batches import BatchStream, collate, pack
 from pipeline.data.store import TokenSplit, ragged
-from pipeline.sampling import build_sampler
-from pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from pipeline.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def fake_split(n: int, seed: int, max_len: int = 20) -> TokenSplit:

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DataConfig, TokenizerConfig
+from pipeline.core.typed_yaml import ConfigError
 from pipeline.data.corpus import DataError, read_split
 from pipeline.data.manifest import SourceSpec, load_manifest
 from pipeline.data.prepare import prepare_corpus
-from pipeline.typed_yaml import ConfigError
 
 
 def text_spec(tmp_path: Path, src: bytes, tgt: bytes) -> SourceSpec:
@@ -131,8 +131,8 @@ def test_second_prepare_hits_the_cache(tmp_path, monkeypatch):
     tok = TokenizerConfig(vocab_size=300)
     first = prepare_corpus(cfg, tok, log=lambda m: None, manifest_path=m)
 
-    from pipeline import tokenizer as tk
     from pipeline.data import prepare
+    from pipeline.data import tokenizer as tk
 
     def boom(*a, **k):
         raise AssertionError("tokenised again")
@@ -157,7 +157,7 @@ def test_nul_bytes_make_a_line_invalid_and_a_bom_is_stripped_and_counted(tmp_pat
 
 @pytest.mark.parametrize("case", ["invalid_utf8_train", "invalid_utf8_dev", "empty_train", "blank_side"])
 def test_data_check_refuses_what_run_refuses_with_the_same_messages(tmp_path, case):
-    from pipeline.data.check import check_manifest
+    from pipeline.launch.data_check import check_manifest
 
     src = [f"line {i} of text" for i in range(20)]
     tgt = [f"ligne {i} de texte" for i in range(20)]

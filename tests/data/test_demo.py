@@ -19,11 +19,10 @@ from pipeline.data.demo import (
     DemoUnavailable,
     assign_splits,
     build_demo_corpus,
-    clean_pair,
-    clean_segment,
     demo_root,
     eval_size,
 )
+from pipeline.data.demo_text import clean_pair, clean_segment
 from pipeline.data.mo import read_mo, read_mo_raw
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline.balance.static import build_sampler, check_sampling
+from pipeline.checkpoint.weights import clipped_excess
 from pipeline.config import SamplingConfig
-from pipeline.recipes import load_recipe
-from pipeline.sampling import build_sampler, check_sampling
-from pipeline.weights import clipped_excess
+from pipeline.curriculum.recipe import load_recipe
 
 from corpus_factory import tiny_recipe, write_corpus
 
@@ -57,7 +57,7 @@ def test_token_weight_scales_by_hand():
     """Each token weighted by α_d / s_d (s the batch share), normalised over the step's tokens, as
     the reference's compute_loss: α = [0.5, 0.3, 0.2], s = 1/3 each, tokens [10, 20, 30]:
     w = [1.5, 0.9, 0.6], Σ w·tokens = 51, so the scales are w / 51 (times world × accum = 2)."""
-    from pipeline.loss_weights import direction_scales
+    from pipeline.balance.loss_weights import direction_scales
 
     got = direction_scales("token_weight", 2, np.array([0.5, 0.3, 0.2]), np.array([10.0, 20.0, 30.0]),
                            np.full(3, 1 / 3))

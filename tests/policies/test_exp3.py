@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.balance.static import build_sampler
 from pipeline.config import SamplingConfig
-from pipeline.sampling import build_sampler
 
 NAN = float("nan")
 

@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.balance.bandit import exp3_probs
+from pipeline.balance.dro import chi2_weights, cvar_ratios
+from pipeline.balance.schedules import ScheduleParams, tau_at
+from pipeline.balance.static import build_sampler
 from pipeline.config import SamplingConfig
-from pipeline.policies.bandit import exp3_probs
-from pipeline.policies.dro import chi2_weights, cvar_ratios
-from pipeline.policies.schedules import ScheduleParams, tau_at
-from pipeline.sampling import build_sampler, temperature_probs
+from pipeline.core.mixing import temperature_probs
 
 NAMES = ["hi1", "hi2", "lo1", "lo2"]
 SIZES = [8000, 4000, 1000, 500]

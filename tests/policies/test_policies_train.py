@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.sampling import temperature_probs
+from pipeline.core.mixing import temperature_probs
 
 from corpus_factory import tiny_recipe, write_corpus
 

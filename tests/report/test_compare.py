@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from pipeline.compare import (
+from pipeline.report.compare import (
     CompareRefused,
     bootstrap_test,
     compare_runs,
@@ -16,7 +16,7 @@ from pipeline.compare import (
     paired_bootstrap,
     pareto_front,
 )
-from pipeline.report import read_lines
+from pipeline.report.stage_report import read_lines
 
 SAMPLES = 300
 

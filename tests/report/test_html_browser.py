@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from pipeline.compare import compare_runs
-from pipeline.report import build_report
-from pipeline.report_html import page
+from pipeline.report.compare import compare_runs
+from pipeline.report.html import page
+from pipeline.report.stage_report import build_report
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline import plots
-from pipeline.compare import _front, pareto_front
+from pipeline.report import plots
+from pipeline.report.compare import _front, pareto_front
 
 
 @pytest.mark.parametrize(("points", "front"), [

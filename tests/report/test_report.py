@@ -12,11 +12,11 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from pipeline.compare import add_report_commands, run_report_command
 from pipeline.data.prepare import load_corpus
-from pipeline.report import build_report, load_run_data, read_lines, validate, write_stage_report
-from pipeline.rundir import RunDir
-from pipeline.tensorboard import TensorBoardLog, flatten
+from pipeline.report.compare import add_report_commands, run_report_command
+from pipeline.report.stage_report import build_report, load_run_data, read_lines, validate, write_stage_report
+from pipeline.rundir.layout import RunDir
+from pipeline.train.tensorboard import TensorBoardLog, flatten
 
 
 def stage_reports(run_dir):

@@ -108,7 +108,7 @@ def job_log(run_dir: Path) -> str:
 
 
 def submit(args: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
-    run([sys.executable, "-m", "pipeline.slurm", "submit", *args, *JOB, *SETS], env, cwd)
+    run([sys.executable, "-m", "pipeline.launch.slurm", "submit", *args, *JOB, *SETS], env, cwd)
     run_dir = Path(args[args.index("--run-dir") + 1])
     return [json.loads(x) for x in (run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()]
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import preemption, slurm, slurm_task
-from pipeline.recipes import load_recipe
-from pipeline.rundir import RunDir
+from pipeline.core import preemption
+from pipeline.curriculum.recipe import load_recipe
+from pipeline.launch import slurm, slurm_task
+from pipeline.rundir.layout import RunDir
 
 from corpus_factory import tiny_recipe, two_stage_recipe, write_corpus
 
@@ -44,7 +45,7 @@ def test_gpu_script_is_valid_bash_with_signal_requeue_and_one_task_per_gpu(tmp_p
         assert f"#SBATCH {directive}" in lines, directive
     srun = next(x for x in lines if x.startswith("srun "))
     assert f"--ntasks={8 * nodes}" in srun and "--gpu-bind=none" in srun
-    assert "-m pipeline.slurm_task" in text and "--until-stage" not in text
+    assert "-m pipeline.launch.slurm_task" in text and "--until-stage" not in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
     assert '[ "$restarts" -lt 3 ]' in text and '[ "$rc" -eq 85 ]' in text
     assert "trap forward USR1" in text
@@ -278,7 +279,7 @@ def test_batch_script_requeues_only_a_preempted_job_below_the_cap(tmp_path, fake
     assert proc.returncode == status, proc.stdout + proc.stderr
     calls = fake_slurm_bin.read_text()
     assert ("scontrol requeue 77" in calls) == requeued
-    assert "-m pipeline.slurm_task" in calls and str((tmp_path / "run").resolve()) in calls
+    assert "-m pipeline.launch.slurm_task" in calls and str((tmp_path / "run").resolve()) in calls
 
 
 def test_batch_script_forwards_usr1_to_the_job_step(tmp_path, fake_slurm_bin):

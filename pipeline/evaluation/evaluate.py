@@ -1,0 +1,160 @@
+"""Decode and score per direction: sacrebleu BLEU and chrF with signatures, dev loss, baselines."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from pipeline.config import EvalConfig
+from pipeline.data.batches import collate, pack
+from pipeline.data.store import TokenSplit
+from pipeline.data.tokenizer import Tokenizer
+from pipeline.model.decode import beam_search, greedy_search, max_lengths
+
+
+@dataclass
+class Scores:
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+
+def score(hyps: Sequence[str], refs: Sequence[str]) -> Scores:
+    bleu, chrf = BLEU(), CHRF()
+    b = bleu.corpus_score(list(hyps), [list(refs)])
+    c = chrf.corpus_score(list(hyps), [list(refs)])
+    return Scores(round(b.score, 2), round(c.score, 2), str(bleu.get_signature()), str(chrf.get_signature()))
+
+
+def _length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    return pack(lengths, np.argsort(lengths, kind="stable"), budget)
+
+
+def translate_ids(
+    model: torch.nn.Module, sources: Sequence[Sequence[int]], tag_id: int, tok: Tokenizer, cfg: EvalConfig,
+    device: torch.device,
+) -> list[list[int]]:
+    """Decode token-id sources (without tag/eos) into token-id hypotheses, in input order."""
+    lengths = np.array([len(s) + 2 for s in sources], dtype=np.int64)
+    hyps: list[list[int]] = [[] for _ in sources]
+    budget = max(int(cfg.batch_tokens // max(1, cfg.beam)), int(lengths.max(initial=1)))
+    cap = getattr(model, "max_positions", 1024) - 1
+    for idx in _length_batches(lengths, budget):
+        width = int(lengths[idx].max())
+        src = torch.full((len(idx), width), tok.pad_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            s = sources[i]
+            src[row, 0] = tag_id
+            src[row, 1 : len(s) + 1] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+            src[row, len(s) + 1] = tok.eos_id
+        src = src.to(device)
+        lim = max_lengths(torch.as_tensor(lengths[idx]), cfg.max_len_a, cfg.max_len_b, cap).to(device)
+        if cfg.beam == 1:
+            out = greedy_search(model, src, tok.bos_id, tok.eos_id, lim)
+        else:
+            out = beam_search(model, src, tok.bos_id, tok.eos_id, cfg.beam, cfg.length_penalty, lim)
+        for row, i in enumerate(idx):
+            hyps[i] = out[row]
+    return hyps
+
+
+@torch.inference_mode()
+def dev_loss(
+    model: torch.nn.Module, splits: dict[str, TokenSplit], names: Sequence[str], tags: Sequence[int],
+    device: torch.device, max_tokens: int = 8000,
+) -> dict[str, float]:
+    """Teacher-forced NLL per target token for each direction (no label smoothing)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, tag_id in zip(names, tags):
+        split = splits[name]
+        sizes = np.maximum(split.src_lens + 2, split.tgt_lens + 1)
+        nll, ntok = 0.0, 0
+        for idx in _length_batches(sizes, max(max_tokens, int(sizes.max()))):
+            b = collate([(0, int(i)) for i in idx], [split], [tag_id], [0])
+            _, nll_tok = model(b.src.to(device), b.tgt_in.to(device), b.tgt_out.to(device))
+            nll += float(nll_tok.sum())
+            ntok += b.tgt_tokens
+        out[name] = nll / max(1, ntok)
+    model.train(was_training)
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module, tok: Tokenizer, splits: dict[str, TokenSplit], directions: Sequence[tuple[str, str]],
+    cfg: EvalConfig, device: torch.device, out_dir: Path | None = None, split_name: str = "test",
+    meta: dict[str, Any] | None = None, groups: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """directions: (name, target language). Returns and (optionally) writes the per-direction table."""
+    results: dict[str, Any] = {"split": split_name, **(meta or {}), "directions": {}}
+    t0 = time.time()
+    names = [n for n, _ in directions]
+    tags = [tok.tag_id(lang) for _, lang in directions]
+    losses = dev_loss(model, splits, names, tags, device)
+    for (name, _lang), tag_id in zip(directions, tags):
+        split = splits[name]
+        assert split.texts is not None, f"{name} {split_name} has no reference texts"
+        n = len(split) if cfg.max_sentences is None else min(len(split), cfg.max_sentences)
+        sources = [split.src_ids(i) for i in range(n)]
+        refs = split.texts["tgt"][:n]
+        hyp_ids = translate_ids(model, sources, tag_id, tok, cfg, device)
+        hyps = tok.decode_batch(hyp_ids)
+        # "of": the pairs the split's files hold, so a table can say when it scored only part of them
+        of = int((split.meta or {}).get("seen", len(split)))
+        entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4), **vars(score(hyps, refs))}
+        if cfg.baseline:
+            base = score(split.texts["src"][:n], refs)
+            entry["copy_source"] = {"bleu": base.bleu, "chrf": base.chrf}
+        results["directions"][name] = entry
+        if out_dir is not None:
+            (out_dir / split_name).mkdir(parents=True, exist_ok=True)
+            (out_dir / split_name / f"{name}.hyp").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
+    results["averages"] = averages(results["directions"], groups or {})
+    results["seconds"] = round(time.time() - t0, 1)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{split_name}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return results
+
+
+def averages(entries: dict[str, Any], groups: dict[str, str | None]) -> dict[str, Any]:
+    """Mean BLEU/chrF over all directions and over each group (e.g. hrl, lrl)."""
+    sets: dict[str, list[str]] = {"all": list(entries)}
+    for name in entries:
+        g = groups.get(name)
+        if g:
+            sets.setdefault(g, []).append(name)
+    return {k: {"bleu": round(sum(entries[n]["bleu"] for n in v) / len(v), 2),
+                "chrf": round(sum(entries[n]["chrf"] for n in v) / len(v), 2), "directions": len(v)}
+            for k, v in sets.items() if v}
+
+
+def format_table(results: dict[str, Any], groups: dict[str, str | None] | None = None) -> str:
+    rows = [f"{results['split']}: BLEU and chrF per direction (copy-the-source baseline in brackets)",
+            f"  {'direction':<12}{'group':<7}{'BLEU':>7}{'chrF':>7}   {'[BLEU':>6}{'chrF]':>7}{'loss':>8}"]
+    for name, e in results["directions"].items():
+        base = e.get("copy_source", {})
+        g = (groups or {}).get(name) or ""
+        rows.append(f"  {name:<12}{g:<7}{e['bleu']:>7.1f}{e['chrf']:>7.1f}   "
+                    f"{base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
+    for k, a in results.get("averages", {}).items():
+        rows.append(f"  {'avg ' + k:<19}{a['bleu']:>7.1f}{a['chrf']:>7.1f}")
+    note = partial_note(results["directions"])
+    return "\n".join(rows + ([f"  {note}"] if note else []))
+
+
+def partial_note(directions: dict[str, Any]) -> str:
+    """'scored only part of the set: eng-heb 106 of 1500 (7.1%), ...', or '' when every set is whole."""
+    part = [f"{n} {e['sentences']} of {e['of']} ({100 * e['sentences'] / e['of']:.1f}%)"
+            for n, e in directions.items() if e.get("of") and e["sentences"] < e["of"]]
+    return ("scored only part of the set (filters, eval.max_sentences): " + ", ".join(part)) if part else ""

@@ -1,0 +1,109 @@
+"""One training process: `python -m pipeline.launch.worker RUN_DIR [--resume]`, alone or under a launcher."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.core import preemption
+from pipeline.core.hostmem import keep_freed_memory
+from pipeline.data.prepare import PreparedCorpus, load_corpus
+from pipeline.engine.collectives import barrier
+from pipeline.engine.ds_engine import setup_distributed
+from pipeline.evaluation.evaluate import format_table
+from pipeline.report.stage_end import StageEndReport
+from pipeline.rundir.layout import RunDir
+from pipeline.train.tensorboard import TensorBoardLog
+from pipeline.train.trainer import Trainer, TrainingStopped
+
+EXIT_UNSAVED = 4  # training ended but its final checkpoint did not commit
+
+
+def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None,
+               allow: frozenset[str] = frozenset(), until_stage: str | None = None) -> int:
+    """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory;
+    `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
+    keep_freed_memory()
+    run = RunDir(run_dir)
+    recipe = run.load_config()
+    dist = setup_distributed(recipe.train.threads)
+    if corpus is None:
+        quiet: Callable[[str], None] = lambda _msg: None  # noqa: E731
+        # Rank 0 first: on a cold cache only it tokenises; the others then read what it wrote.
+        if not dist.is_main:
+            barrier()
+        corpus = load_corpus(recipe, run.tokenizer, print if dist.is_main else quiet)
+        if dist.is_main:
+            barrier()
+    preemption.install()
+    if dist.is_main and not resume:
+        for warning in recipe.budget_warnings():
+            print(f"warning: {warning}", flush=True)
+    trainer = Trainer(recipe, run, dist, corpus)
+    if dist.is_main:
+        trainer.on_stage_end.append(StageEndReport(run, corpus, recipe, dist))
+    if resume:
+        trainer.ckpt.restore(allow)
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    if os.environ.get("SLURM_JOB_ID"):
+        trainer.event("job", slurm_job_id=os.environ["SLURM_JOB_ID"], slurm_restart_count=int(restarts or 0),
+                      resume=resume)
+    if until_stage is not None and until_stage not in [st.name for st in trainer.stages]:
+        raise ValueError(f"--until-stage {until_stage}: no such stage ({[st.name for st in trainer.stages]})")
+    if dist.is_main:
+        # On resume, TensorBoard hides what a killed attempt logged after the checkpoint.
+        trainer.tb = TensorBoardLog(run.path, purge_step=trainer.counters.step + 1 if resume else None)
+    try:
+        finished = trainer.fit(until_stage)
+    except TrainingStopped as exc:
+        if dist.is_main:
+            print(f"mmtc: {exc}", file=sys.stderr, flush=True)
+        return 3
+    except preemption.Preempted:
+        return preemption.EXIT_PREEMPTED
+    finally:
+        if trainer.tb is not None:
+            trainer.tb.close()
+    if dist.is_main and finished:
+        import json
+
+        from pipeline.checkpoint import commit as ckpt
+        from pipeline.evaluation.run_eval import evaluate_run
+
+        groups = {d.name: d.group for d in corpus.manifest.directions}
+        found, _ = ckpt.discover(run.checkpoints)
+        if trainer.final_unsaved is not None:
+            scored = f"{found.tag} (step {found.meta['step']})" if found is not None else "none"
+            print(f"mmtc: the final checkpoint ({trainer.final_unsaved}) did not commit (see the save_failed "
+                  f"event); the scores below are of the last committed checkpoint, {scored}, not of the final "
+                  f"weights. Free space and run `mmtc resume {run.path}` to train again from there.",
+                  file=sys.stderr, flush=True)
+        for split in recipe.eval.splits if found is not None else []:
+            if split == "dev" and recipe.eval.stage_end and trainer.final_unsaved is None:
+                continue  # scored at the end of the last stage already
+            # The last stage's report scored this split with the same weights a moment ago.
+            done = run.eval_dir(found.path.name) / f"{split}.json" if found is not None else None
+            if done is not None and done.is_file():
+                results = json.loads(done.read_text())
+            else:
+                results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
+            print(format_table(results, groups), flush=True)
+    barrier()
+    return EXIT_UNSAVED if trainer.final_unsaved is not None else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--allow-change", default="", help="comma-separated: world, corpus, recipe")
+    ap.add_argument("--until-stage", help="stop after this stage")
+    args = ap.parse_args()
+    allow = frozenset(x for x in args.allow_change.split(",") if x)
+    sys.exit(train_main(args.run_dir, args.resume, allow=allow, until_stage=args.until_stage))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What the loop logs: loss sums per direction since the last log row and the last dev evaluation
+(`LossSums`, part of each rank's checkpoint), and the metrics.jsonl row built from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.engine.collectives import Dist
+from pipeline.train.stage_setup import StageRuntime
+
+
+class LossSums:
+    """[loss, nll, tokens] per direction of the corpus: since the last log row, and since the last
+    dev evaluation (without them saved, the first averages after a resume would cover fewer steps
+    than the uninterrupted run's)."""
+
+    def __init__(self, n_dirs: int) -> None:
+        self.log = torch.zeros(3, n_dirs, dtype=torch.float64)
+        self.eval = torch.zeros(3, n_dirs, dtype=torch.float64)
+
+    def add(self, step_acc: torch.Tensor) -> None:
+        self.log += step_acc[:3]
+        self.eval += step_acc[:3]
+
+    def take_log(self) -> torch.Tensor:
+        out = self.log.clone()
+        self.log.zero_()
+        return out
+
+    def take_eval(self) -> torch.Tensor:
+        out = self.eval.clone()
+        self.eval.zero_()
+        return out
+
+
+def log_row(*, step: int, stage_step: int, tokens_total: int, skipped: int, names: list[str], stage: StageRuntime, acc: torch.Tensor,
+            memory: torch.Tensor, dist: Dist, lr: float, grad_norm: float | None, elapsed: float, steps: int,
+            probe_s: float | None) -> dict[str, Any]:
+    """One metrics.jsonl row: `acc` the loss sums over ranks since the last row, `memory` every
+    rank's [peak host, peak GPU, host] MB, `elapsed` the training seconds of its `steps` steps."""
+    assert stage.stream.p is not None
+    tokens = acc[2]
+    tot = float(tokens.sum())
+    record: dict[str, Any] = {
+        "step": step,
+        "stage": stage.progress.stage.name,
+        "lr": lr,
+        "loss": float(acc[0].sum()) / max(1.0, tot),
+        "nll": float(acc[1].sum()) / max(1.0, tot),
+        "grad_norm": grad_norm,
+        "tokens_per_s": tot / max(elapsed, 1e-9),
+        "step_s": elapsed / max(1, steps),
+        **({"probe_s": round(probe_s, 3)} if probe_s is not None else {}),
+        "tokens": tokens_total,
+        "skipped_steps": skipped,
+        "peak_host_mb": [round(float(x), 1) for x in memory[:, 0]],
+        "host_mb": [round(float(x), 1) for x in memory[:, 2]],
+        **({"peak_gpu_mb": [round(float(x), 1) for x in memory[:, 1]]} if dist.device.type == "cuda" else {}),
+        "directions": {
+            n: {"loss": float(acc[0, i] / tokens[i]), "nll": float(acc[1, i] / tokens[i]), "tokens": int(tokens[i])}
+            for i, n in enumerate(names) if tokens[i] > 0
+        },
+        "p": {names[i]: round(float(x), 6) for i, x in zip(stage.stream.dir_ids, stage.stream.p)},
+    }
+    if stage.apply != "sample":
+        w = stage.policy.probabilities(stage_step)
+        record["loss_weights"] = {names[i]: round(float(x), 6) for i, x in zip(stage.stage_ids, w)}
+    extra = stage.policy.log_values()
+    if extra:
+        record["policy"] = extra
+    return record

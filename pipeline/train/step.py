@@ -1,0 +1,90 @@
+"""One optimizer step without gradient surgery: each micro-batch's per-token loss, summed per
+direction (scatter-add) and weighted per direction, then DeepSpeed's backward and step.
+
+A step's per-direction sums live in `step_acc` ([loss, nll, tokens, clipped excess over the
+reference] × every direction of the corpus); one all-reduce per step (`host.reduce_stats`) gives
+every rank the global sums, whether any loss was non-finite, and whether any rank was asked to stop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.balance.loss_weights import direction_scales
+from pipeline.checkpoint.weights import clipped_excess
+from pipeline.core import faults
+from pipeline.data.batches import StepBatches
+from pipeline.engine.collectives import Dist, all_reduce_sum, peak_memory_mb
+from pipeline.gradients.host import StepHost
+from pipeline.train.stage_setup import StageRuntime
+
+
+def token_scales(host: StepHost, stage: StageRuntime, sb: StepBatches) -> torch.Tensor:
+    """Per-direction factor on summed token losses (see `loss_weights.direction_scales`)."""
+    n_dirs = len(host.names)
+    n = host.dist.world * host.recipe.train.grad_accum
+    if stage.apply == "sample":  # no per-direction weights to ask the policy for
+        return torch.full((n_dirs,), n / max(1, sb.global_tgt_tokens), dtype=torch.float32)
+    assert stage.stream.p is not None
+    w = np.zeros(n_dirs)
+    w[stage.stage_ids] = stage.policy.probabilities(host.counters.stage_step)
+    tokens = np.zeros(n_dirs)
+    for d, k in sb.dir_tokens.items():
+        tokens[d] = k
+    share = np.ones(n_dirs)
+    share[stage.stream.dir_ids] = stage.stream.p
+    return torch.tensor(direction_scales(stage.apply, n, w, tokens, share), dtype=torch.float32)
+
+
+def gather_memory(dist: Dist) -> torch.Tensor:
+    """Every rank's [peak host, peak GPU, host] MB, for ZeRO comparisons: each rank fills its own
+    row of a table summed over ranks."""
+    memory = torch.zeros(dist.world, 3, dtype=torch.float64)
+    memory[dist.rank] = torch.tensor(peak_memory_mb(dist.device), dtype=torch.float64)
+    return all_reduce_sum(memory)
+
+
+def per_direction(stats: torch.Tensor, n_dirs: int, stage_ids: np.ndarray) -> np.ndarray:
+    """[loss, nll, tokens, excess] × the stage's directions, from `reduce_stats`."""
+    return stats.reshape(4, n_dirs).numpy()[:, stage_ids]
+
+
+def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: torch.Tensor,
+               step_acc: torch.Tensor) -> torch.Tensor:
+    """Forward and backward every micro-batch of this rank, then the optimizer step; returns the
+    step's stats summed over ranks (see `reduce_stats`). Fills `step_acc` with this rank's sums."""
+    engine, dev, step = host.engine, host.dist.device, host.counters.step
+    stats = torch.zeros(0)
+    for i, mb in enumerate(sb.micro):
+        engine.set_boundary(i == len(sb.micro) - 1)
+        tgt_out = mb.tgt_out.to(dev)
+        loss_tok, nll_tok = engine(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
+        if i == 0 and host.dist.is_main and faults.armed("nan_loss", step + 1):
+            loss_tok = loss_tok * float("nan")
+        seq_loss = loss_tok.sum(1)
+        d = mb.direction
+        with torch.no_grad():
+            step_acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
+            step_acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
+            step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
+            if stage.reference is not None:
+                ref = stage.reference.nll(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
+                step_acc[3].index_add_(0, d, clipped_excess(nll_tok, ref, tgt_out).double().cpu())
+        if i == len(sb.micro) - 1:
+            # One all-reduce per step: every rank learns whether any loss was non-finite
+            # (then all skip the update), the step's per-direction losses (for policies) and
+            # whether any rank was asked to stop (preemption).
+            stats = host.reduce_stats(step_acc)
+            if not bool(torch.isfinite(stats.sum())):
+                engine.skip_next_step()
+            elif stage.reference is not None:
+                # DoReMi updates its weights from the step's excess before the loss that the
+                # step's gradient comes from (with grad_accum > 1 the earlier micro-batches
+                # used the previous weights, as in the reference code).
+                pd = per_direction(stats, len(host.names), stage.stage_ids)
+                stage.policy.observe_excess(host.counters.stage_step + 1, pd[3], pd[2])  # type: ignore[attr-defined]
+                scales = token_scales(host, stage, sb).to(dev)
+        engine.backward((seq_loss * scales[d.to(dev)]).sum())
+        engine.step()
+    return stats
