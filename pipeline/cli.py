@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print("mmtc: interrupted; nothing was saved after the last committed checkpoint", file=sys.stderr)
         return 130
     except Exception as exc:
-        from pipeline.checkpoint.checkpointer import ResumeRefused
+        from pipeline.checkpoint.resume import ResumeRefused
         from pipeline.data.corpus import DataError
         from pipeline.data.demo import DemoUnavailable
         from pipeline.rundir.layout import RunDirError

@@ -1,7 +1,9 @@
-"""The trainer's checkpoints: what goes into one, when a resume is refused, and failed saves."""
+"""The trainer's checkpoints: what goes into one, restoring it (the refusals are `resume.py`'s), and
+failed saves."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -9,49 +11,12 @@ import torch
 
 from pipeline.checkpoint import commit as ckpt
 from pipeline.checkpoint.host import CheckpointHost
+from pipeline.checkpoint.resume import diff_items, refusal
 from pipeline.checkpoint.weights import consolidated_state
 from pipeline.core import faults
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.typed_yaml import to_plain
 from pipeline.engine.collectives import all_reduce_sum, barrier
-
-CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
-
-
-class ResumeRefused(RuntimeError):
-    pass
-
-
-def diff_items(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(key path, old, new) wherever two plain config trees differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[tuple[str, Any, Any]] = []
-        for k in sorted(set(a) | set(b)):
-            sub = f"{path}.{k}" if path else str(k)
-            out += diff_items(a.get(k), b.get(k), sub) if k in a and k in b else [(sub, a.get(k), b.get(k))]
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_items(x, y, f"{path}[{i}]")]
-    return [] if a == b else [(path, a, b)]
-
-
-def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
-    """Key paths where two plain config trees differ, with both values."""
-    return [f"{k}: {old!r} -> {new!r}" for k, old, new in diff_items(a, b, path)]
-
-
-def corpus_changes(saved: dict[str, dict[str, str]] | None, now: dict[str, dict[str, str]]) -> str:
-    """Which direction splits (and files) differ from the checkpoint's, by their fingerprints."""
-    if not saved:
-        return "files changed (this checkpoint predates per-file fingerprints)"
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        if key not in now:
-            out.append(f"{key} is gone (was {saved[key]['files']})")
-        elif key not in saved:
-            out.append(f"{key} is new ({now[key]['files']})")
-        elif saved[key]["fingerprint"] != now[key]["fingerprint"]:
-            out.append(f"{key} changed ({now[key]['files']})")
-    return "; ".join(out) or "the same files, but their combination differs"
 
 
 class Checkpointer:
@@ -130,7 +95,7 @@ class Checkpointer:
                 if found is None:
                     latest.unlink()
                 else:
-                    ckpt.atomic_write_text(latest, found.tag + "\n")
+                    atomic_write_text(latest, found.tag + "\n")
             keep = found.tag if found else "none"
             print(f"checkpoint: saving {tag} FAILED ({why}); the last committed checkpoint stays in use: {keep}",
                   flush=True)
@@ -147,9 +112,12 @@ class Checkpointer:
         if found is None:
             if t.dist.is_main:
                 print("resume: no committed checkpoint; starting from the beginning", flush=True)
-                self._truncate_logs(0)
+                t.run.truncate_logs(0)
             return None
-        self._check_compatible(found, allow)
+        refused = refusal(found.path, found.meta, t.dist.world, t.corpus.fingerprint, t.corpus.parts,
+                          to_plain(t.recipe), allow)
+        if refused is not None:
+            raise refused
         resharded = found.meta.get("world") != t.dist.world and int(found.meta.get("zero_stage", 0)) >= 1
         if resharded:
             cs = t.engine.load_weights_only(found.path, consolidated_state(found.path, int(found.meta["zero_stage"])))
@@ -162,32 +130,13 @@ class Checkpointer:
         rank_file = found.path / f"rank_state{t.dist.rank}.pt"
         t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {})
         if t.dist.is_main:
-            self._truncate_logs(t.counters.step, found.tag)
+            t.run.truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
         t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world")} if resharded else {}))
         changes = diff_items(found.meta.get("recipe"), to_plain(t.recipe))
         if changes:  # _check_compatible let them through
             self._record_changes(found.tag, changes)
         return found
-
-    def _check_compatible(self, found: ckpt.Committed, allow: set[str] | frozenset[str]) -> None:
-        t = self.t
-        saved = found.meta
-        problems = []
-        if saved.get("world") != t.dist.world and "world" not in allow:
-            problems.append(f"world size: the checkpoint was written by {saved.get('world')} processes, "
-                            f"this run has {t.dist.world}")
-        if saved.get("corpus") != t.corpus.fingerprint and "corpus" not in allow:
-            problems.append("corpus: the data's fingerprint differs from the checkpoint's: "
-                            + corpus_changes(saved.get("corpus_parts"), t.corpus.parts))
-        changed = diff_plain(saved.get("recipe"), to_plain(t.recipe))
-        if changed and "recipe" not in allow:
-            problems.append("recipe: " + "; ".join(changed))
-        if problems:
-            raise ResumeRefused(
-                f"refusing to resume from {found.path}:\n  - " + "\n  - ".join(problems)
-                + "\nPass --allow-change " + ",".join(sorted({p.split(':')[0].split()[0] for p in problems}))
-                + " to resume anyway.")
 
     def _record_changes(self, tag: str, changes: list[tuple[str, Any, Any]]) -> None:
         """An allowed recipe change: an event at the step it takes effect, and a line in run.json."""
@@ -196,34 +145,10 @@ class Checkpointer:
         t.event("recipe_changed", from_checkpoint=tag, changes=items)
         if not t.dist.is_main:
             return
-        import json
-
         print("resume: recipe changed from the checkpoint's (allowed): "
               + "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes), flush=True)
         meta = json.loads(t.run.meta.read_text()) if t.run.meta.is_file() else {}
         record = {"step": t.counters.step, "from_checkpoint": tag, "changes": items}
         if record not in meta.setdefault("recipe_changes", []):
             meta["recipe_changes"].append(record)
-            ckpt.atomic_write_text(t.run.meta, json.dumps(meta, indent=1))
-
-    def _truncate_logs(self, step: int, tag: str | None = None) -> None:
-        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again.
-        Events are cut right after the checkpoint's own event: what followed at the same step (the
-        next stage's start, say) is logged again by the resumed run."""
-        import json
-
-        run = self.t.run
-        for path in (run.metrics, run.events):
-            rows = run.read_jsonl(path)
-            kept = [r for r in rows if r.get("step", 0) <= step] if step else []
-            if path == run.events and tag is not None:
-                marks = [i for i, r in enumerate(kept) if r.get("event") == "checkpoint" and r.get("tag") == tag]
-                if marks:
-                    cut = marks[-1] + 1
-                    # The stop this checkpoint was saved for is history the resumed run cannot log again.
-                    kept = kept[:cut] + [r for r in kept[cut:]
-                                         if r.get("event") == "preempted" and r.get("checkpoint") == tag]
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-            # Also when a torn last line was skipped: the next append must not continue it.
-            if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
-                ckpt.atomic_write_text(path, text)
+            atomic_write_text(t.run.meta, json.dumps(meta, indent=1))

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.checkpoint import commit as ckpt
+from pipeline.core.atomic import atomic_write_text
 from pipeline.rundir.layout import RunDir
 
 
@@ -48,6 +49,6 @@ def rewind_to_stage(run: RunDir, stage: str) -> tuple[Path, str]:
     for f in (run.metrics, run.events):
         rows = run.read_jsonl(f)
         kept = [r for r in rows if r.get("step", 0) <= step]
-        ckpt.atomic_write_text(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    ckpt.atomic_write_text(root / ckpt.LATEST, base.name + "\n")
+        atomic_write_text(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    atomic_write_text(root / ckpt.LATEST, base.name + "\n")
     return archive, base.name

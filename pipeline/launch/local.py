@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def parse_allow(text: str) -> set[str]:
-    from pipeline.checkpoint.checkpointer import CHANGES
+    from pipeline.checkpoint.resume import CHANGES
 
     allow = {x for x in text.split(",") if x}
     unknown = allow - set(CHANGES)
@@ -54,7 +54,7 @@ def parse_allow(text: str) -> set[str]:
 def apply_overrides(run: RunDir, sets: list[str], allow: set[str]) -> None:
     """`--set` on a resume changes the saved recipe: refused like any changed recipe unless
     allowed; the trainer records an allowed change when it restores (event and run.json)."""
-    from pipeline.checkpoint.checkpointer import ResumeRefused, diff_plain
+    from pipeline.checkpoint.resume import ResumeRefused, diff_plain
     from pipeline.config import recipe_to_plain
     from pipeline.curriculum.recipe import load_recipe
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.checkpoint.commit import atomic_write_text
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import environment
 from pipeline.evaluation.evaluate import partial_note
 from pipeline.report import plots

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import commit as ckpt
 from pipeline.config import RecipeConfig
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import version
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.prepare import load_corpus
@@ -173,8 +173,8 @@ def write_stage_files(run: RunDir, report: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = stage_stem(report["stage"]["index"], report["stage"]["name"])
     path = out / f"{stem}.json"
-    ckpt.atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    ckpt.atomic_write_text(out / f"{stem}.md", stage_markdown(report))
+    atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / f"{stem}.md", stage_markdown(report))
     return path
 
 

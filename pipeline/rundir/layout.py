@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import RecipeConfig, recipe_to_plain
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import environment
 from pipeline.curriculum.recipe import recipe_from_plain
 
@@ -128,3 +129,23 @@ class RunDir:
                 raise RunDirError(f"{path}:{i + 1}: not a JSON record ({exc.msg}); only the last line may be "
                                   "torn by a kill") from None
         return out
+
+    def truncate_logs(self, step: int, tag: str | None = None) -> None:
+        """Drop what a killed run logged after its last checkpoint; the resumed run logs it again.
+        Events are cut right after the checkpoint's own event: what followed at the same step (the
+        next stage's start, say) is logged again by the resumed run."""
+        run = self
+        for path in (run.metrics, run.events):
+            rows = run.read_jsonl(path)
+            kept = [r for r in rows if r.get("step", 0) <= step] if step else []
+            if path == run.events and tag is not None:
+                marks = [i for i, r in enumerate(kept) if r.get("event") == "checkpoint" and r.get("tag") == tag]
+                if marks:
+                    cut = marks[-1] + 1
+                    # The stop this checkpoint was saved for is history the resumed run cannot log again.
+                    kept = kept[:cut] + [r for r in kept[cut:]
+                                         if r.get("event") == "preempted" and r.get("checkpoint") == tag]
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            # Also when a torn last line was skipped: the next append must not continue it.
+            if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
+                atomic_write_text(path, text)

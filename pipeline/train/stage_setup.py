@@ -9,6 +9,7 @@ applied only when the stage starts fresh.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class StageRuntime:
     stage_ids: np.ndarray  # ... as indices into the corpus's direction list
     progress: StageProgress
     policy: Sampler
-    apply: str  # SamplingConfig.apply: "sample", "loss_weight" or "token_weight"
+    apply: Literal["sample", "loss_weight", "token_weight"]  # SamplingConfig.apply
     reference: ReferenceModel | None
     stream: BatchStream
     task_step: TaskStep | None

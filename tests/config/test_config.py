@@ -89,7 +89,7 @@ def test_bad_set_syntax(tmp_path):
 
 
 def test_shipped_recipes_load():
-    root = Path(__file__).resolve().parent.parent / "stages"
+    root = Path(__file__).resolve().parents[2] / "stages"
     recipes = sorted(root.glob("*.yaml"))
     assert recipes, "stages/ holds no recipes"
     for r in recipes:
@@ -97,7 +97,7 @@ def test_shipped_recipes_load():
 
 
 def test_stage_limits_follow_the_budget_and_reserve_later_stages(tmp_path):
-    two = Path(__file__).resolve().parents[1] / "stages" / "two_stage.yaml"
+    two = Path(__file__).resolve().parents[2] / "stages" / "two_stage.yaml"
     for budget in (1300, 700):
         cfg = load_recipe(two, [f"train.max_steps={budget}"])
         # hrl: at most 60% of the run; monitors from 25%; the mix keeps its 30% either way
@@ -120,7 +120,7 @@ def test_stage_limits_follow_the_budget_and_reserve_later_stages(tmp_path):
 
 
 def test_only_the_demo_filters_its_evaluation_sets():
-    stages = Path(__file__).resolve().parents[1] / "stages"
+    stages = Path(__file__).resolve().parents[2] / "stages"
     for recipe in sorted(stages.glob("*.yaml")):
         data = load_recipe(recipe).data
         if recipe.stem == "demo":

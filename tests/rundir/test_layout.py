@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.checkpoint.checkpointer import corpus_changes
+from pipeline.checkpoint.resume import corpus_changes
 from pipeline.rundir.layout import RunDir, RunDirError
 
 
