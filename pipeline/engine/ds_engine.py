@@ -60,6 +60,11 @@ def setup_distributed(threads: int | None = None) -> Dist:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not dist.is_initialized():
+        if world == 1:
+            # Alone, the process group needs no rendezvous: an in-process store, not a TCPStore on a
+            # free port (whose self-connection hung once in a few hundred single-process test runs,
+            # in _create_c10d_store). DeepSpeed then finds the group initialised and adopts it.
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
         if not cuda and world > 1:
             release_shm_buffer(rank)
