@@ -1,5 +1,6 @@
 """`mmtc`: the command line. It parses and dispatches; the work happens in the modules it names
-(local_run: run and resume; run_tools: eval and translate; slurm, sweep, compare, ...)."""
+(launch.local: run and resume; evaluation.commands: eval and translate; launch.slurm, launch.sweep,
+report.commands, ...)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="recipe overrides when checking with the recipe's filters")
     dsub.add_parser("demo", help="build (once) and cache the Wesnoth demo corpus; print where it is")
-    from pipeline.report.compare import add_report_commands
+    from pipeline.report.commands import add_report_commands
 
     add_report_commands(sub)
     return ap
@@ -167,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_translate(args)
         if args.command == "data":
+            from pipeline.launch.data_check import cmd_data
+
             return cmd_data(args)
         if args.command in ("report", "compare"):
-            from pipeline.report.compare import run_report_command
+            from pipeline.report.commands import run_report_command
 
             return run_report_command(args)
         if args.command == "submit":
@@ -222,22 +225,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mmtc: {exc}", file=sys.stderr)
             return 2
         raise
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from pipeline.config import DataConfig
-
-    if args.data_command == "demo":
-        from pipeline.data.demo import build_demo_corpus
-        from pipeline.data.prepare import cache_root
-
-        path = build_demo_corpus(cache_root(DataConfig()), log=print)
-        print(f"demo corpus manifest: {path}")
-        return 0
-    from pipeline.launch.data_check import check_manifest
-
-    print(check_manifest(args.manifest, args.sets))
     return 0
 
 

@@ -176,3 +176,16 @@ def test_evaluation_translation_and_reports_load_no_deepspeed():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_building_the_command_line_parser_loads_no_torch():
+    """`mmtc --help` and every command's argument errors answer at once: the parser's modules
+    (cli, launch.slurm, report.commands) leave torch, DeepSpeed and matplotlib unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.cli import _parser; _parser(); "
+            "print(sorted(m for m in ('torch', 'deepspeed', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]", out.stderr

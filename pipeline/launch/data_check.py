@@ -1,16 +1,20 @@
-"""`mmtc data check`: validate a manifest (raw pairs) or a recipe's corpus (through the tokenizer)."""
+"""`mmtc data check`: validate a manifest (raw pairs) or a recipe's corpus (through the tokenizer);
+`mmtc data demo`: build (once) and cache the demo corpus."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import yaml
 
 from pipeline.config import DataConfig
+from pipeline.curriculum.recipe import load_recipe
 from pipeline.data.corpus import DataError
+from pipeline.data.demo import build_demo_corpus
 from pipeline.data.filters import empty_mask
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import SPLITS, check_raw, read_all
+from pipeline.data.prepare import SPLITS, cache_root, check_raw, format_summary, prepare_corpus, read_all
 
 
 def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -46,9 +50,15 @@ def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> st
 
 
 def _check_recipe(path: str, overrides: list[str] | tuple[str, ...]) -> str:
-    from pipeline.curriculum.recipe import load_recipe
-    from pipeline.data.prepare import format_summary, prepare_corpus
-
     recipe = load_recipe(path, overrides)
     corpus = prepare_corpus(recipe.data, recipe.tokenizer, log=lambda _m: None)
     return format_summary(corpus.summary) + "\nok"
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "demo":
+        path = build_demo_corpus(cache_root(DataConfig()), log=print)
+        print(f"demo corpus manifest: {path}")
+        return 0
+    print(check_manifest(args.manifest, args.sets))
+    return 0

@@ -8,7 +8,6 @@ Runs scored on different references or with different sacrebleu signatures are r
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Any
 
 from pipeline.core.typed_yaml import to_plain
 from pipeline.report.stage_report import (
-    SPLITS,
     build_report,
     load_run_data,
     read_lines,
@@ -211,6 +209,7 @@ def _front(rows: Sequence[dict[str, Any]]) -> None:
 def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None = None, seeds: bool = False,
                  split: str = "test", samples: int = 1000) -> Path:
     """Write compare.json, compare.md, compare.html and plots/pareto.png to `out`; returns the HTML."""
+    # Here, not at the top: `mmtc --help` builds its parser from this module, and matplotlib is slow to load.
     from pipeline.report import plots
     from pipeline.report.html import compare_markdown, compare_page
 
@@ -266,33 +265,3 @@ def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None =
     (out / "compare.md").write_text(compare_markdown(doc))
     (out / "compare.html").write_text(compare_page(doc, png), encoding="utf-8")
     return out / "compare.html"
-
-
-def add_report_commands(sub: Any) -> None:
-    """`mmtc report` and `mmtc compare` (sub: the argparse subparsers of the mmtc parser)."""
-    rp = sub.add_parser("report", help="per-stage reports (JSON, Markdown) and reports/index.html for a run")
-    rp.add_argument("run_dir")
-    rp.add_argument("--reevaluate", action="store_true",
-                    help="decode every stage-final checkpoint again, even where its evaluation is on disk")
-    cp = sub.add_parser("compare", help="runs x directions, HRL/LRL averages and the Pareto front, as HTML and Markdown")
-    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    cp.add_argument("--out", required=True, help="directory for compare.html, compare.md, compare.json and plots/")
-    cp.add_argument("--baseline", metavar="RUN_DIR",
-                    help="per-direction differences from this run with 95%% CIs and p-values (paired bootstrap)")
-    cp.add_argument("--seeds", action="store_true", help="group runs that differ only in seed: mean ± std")
-    cp.add_argument("--split", choices=list(SPLITS), default="test")
-    cp.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-
-
-def run_report_command(args: argparse.Namespace) -> int:
-    if args.command == "report":
-        from pipeline.rundir.lock import hold
-
-        with hold(args.run_dir):
-            path = build_report(args.run_dir, reevaluate=args.reevaluate, log=print)
-        print(f"report: {path}\n  open it in a browser: file://{path.resolve()}")
-        return 0
-    out = compare_runs([Path(p) for p in args.run_dirs], Path(args.out), baseline=args.baseline,
-                       seeds=args.seeds, split=args.split, samples=args.samples)
-    print(f"comparison: {out}\n  open it in a browser: file://{out.resolve()}")
-    return 0

@@ -9,15 +9,13 @@ import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import environment
 from pipeline.evaluation.evaluate import partial_note
 from pipeline.report import plots
-
-if TYPE_CHECKING:
-    from pipeline.report.rundata import RunData
+from pipeline.report.rundata import RunData, stage_stem
 
 Cell = str | tuple[str, str]  # text, or (text, css class)
 NUMERIC = re.compile(r"^([+\-–]?\d|–$)")  # right-aligned: numbers, signed deltas, "–" for none
@@ -161,8 +159,6 @@ def _data_table(summary: dict[str, Any]) -> str:
 
 
 def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
-    from pipeline.report.rundata import stage_stem
-
     out = data.run.path / "reports"
     pdir = out / "plots"
     made: dict[str, str] = {}

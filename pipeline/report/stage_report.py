@@ -20,6 +20,9 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import version
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.prepare import load_corpus
+from pipeline.evaluation.evaluate import averages
+from pipeline.evaluation.run_eval import evaluate_run
+from pipeline.report.html import stage_markdown, write_index
 from pipeline.report.rundata import RunData, Stage, load_run_data, read_lines, sha256, stage_stem  # noqa: F401  (re-exported)
 from pipeline.rundir.layout import RunDir
 
@@ -86,8 +89,6 @@ def _delta(now: dict[str, Any], before: dict[str, Any] | None, keys: dict[str, i
 
 def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs: dict[str, Path],
                    prev: dict[str, Any] | None) -> dict[str, Any]:
-    from pipeline.evaluation.evaluate import averages
-
     groups = data.groups
     dirs: dict[str, Any] = {}
     for name, e in ev["directions"].items():
@@ -145,8 +146,6 @@ def stage_report(data: RunData, st: Stage, source: CorpusSource, prev: dict[str,
         if ev is None:
             import torch
 
-            from pipeline.evaluation.run_eval import evaluate_run
-
             dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
             ev = evaluate_run(data.run, source.get(), data.recipe, split=split, tag=st.tag, device=dev)
         refs = _references(data, split, expected, source)
@@ -167,8 +166,6 @@ def stage_report(data: RunData, st: Stage, source: CorpusSource, prev: dict[str,
 
 
 def write_stage_files(run: RunDir, report: dict[str, Any]) -> Path:
-    from pipeline.report.html import stage_markdown
-
     out = run.path / "reports"
     out.mkdir(parents=True, exist_ok=True)
     stem = stage_stem(report["stage"]["index"], report["stage"]["name"])
@@ -209,8 +206,6 @@ def write_stage_report(run: RunDir, corpus: Any, recipe: RecipeConfig, stage_ind
         raise ValueError(f"stage {st.name}: its committed final checkpoint is {st.tag}, not {tag}")
     prev = next((r for r in saved_reports(data) if r["stage"]["index"] == stage_index - 1), None)
     path = write_stage_files(run, stage_report(data, st, CorpusSource(data, corpus), prev, device=device))
-    from pipeline.report.html import write_index
-
     write_index(data, saved_reports(data))
     return path
 
@@ -233,6 +228,4 @@ def build_report(run_dir: str | Path, reevaluate: bool = False, device: Any = No
     for old in (run.path / "reports").glob("stage-*.*"):
         if re.fullmatch(r"stage-\d+-.+\.(json|md)", old.name) and old.name.rsplit(".", 1)[0] not in keep:
             old.unlink()  # a stage of an earlier attempt, not of this run any more
-    from pipeline.report.html import write_index
-
     return write_index(data, reports)

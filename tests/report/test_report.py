@@ -13,7 +13,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from pipeline.data.prepare import load_corpus
-from pipeline.report.compare import add_report_commands, run_report_command
+from pipeline.report.commands import add_report_commands, run_report_command
 from pipeline.report.stage_report import build_report, load_run_data, read_lines, validate, write_stage_report
 from pipeline.rundir.layout import RunDir
 from pipeline.train.tensorboard import TensorBoardLog, flatten
