@@ -2,7 +2,8 @@
 
 The cache is keyed by content: each split by the hash of its bytes, the filter settings and the
 tokenizer model's bytes; the tokenizer by the hash of every training split and its own config.
-A second run over the same data therefore neither retrains the tokenizer nor tokenises again.
+A second run over the same data therefore neither retrains the tokenizer nor tokenises again, and,
+while the files' stat is unchanged, reads none of their text (`fingerprints.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.corpus import DataError, RawSplit, read_split
 from pipeline.data.filters import count, empty_mask, length_mask
+from pipeline.data.fingerprints import remember, remembered, stat_key
 from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
 from pipeline.data.store import TokenSplit, load_split, ragged, save_split
 from pipeline.data.tokenizer import Tokenizer, train_tokenizer
@@ -119,27 +121,35 @@ def prepare_corpus(
     data: DataConfig, tok_cfg: TokenizerConfig, log: Log = print, manifest_path: Path | None = None,
     tokenizer_path: Path | None = None,
 ) -> PreparedCorpus:
-    """Load the corpus named by `data`; reuse `tokenizer_path` if given (resume, eval), else train/cache one."""
+    """Load the corpus named by `data`; reuse `tokenizer_path` if given (resume, eval), else train/cache one.
+
+    When every split's fingerprint is remembered for its files' stat (`fingerprints.py`) and its
+    tokens and the tokenizer are cached, the corpus opens from the cache without reading any text."""
     mpath = manifest_path or resolve_manifest(data, log)
     manifest = load_manifest(mpath)
+    root = cache_root(data)
+    keys = {(name, split): stat_key(spec) for name, split, spec in _specs(manifest)}
+    known = {k: remembered(root, key) for k, key in keys.items()}
+    if all(fp is not None for fp in known.values()):
+        opened = _open_cached(manifest, mpath, data, tok_cfg, root, tokenizer_path,
+                              {k: str(fp) for k, fp in known.items()}, log)
+        if opened is not None:
+            return opened
     raw = read_all(manifest, data.on_invalid)
     problems = check_raw(raw, data)
     if problems:
         raise DataError(problems)
-    root = cache_root(data)
-    fingerprint = _hash(*(f"{n}/{s}/{r.fingerprint}" for (n, s), r in sorted(raw.items())))
+    fps = {k: r.fingerprint for k, r in raw.items()}
     if tokenizer_path is None:
         tokenizer = _tokenizer(manifest, raw, tok_cfg, root, log)
     else:
         tokenizer = Tokenizer(tokenizer_path)
     tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
-    filt = json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, data.filter_eval, CACHE_VERSION])
-    splits: dict[str, dict[str, TokenSplit]] = {s: {} for s in SPLITS}
+    filt = _filter_key(data)
+    splits: dict[tuple[str, str], TokenSplit] = {}
     errors: list[str] = []
-    summary: dict[str, Any] = {"manifest": str(mpath), "directions": {}}
     for (name, split), rs in raw.items():
-        key = _hash(rs.fingerprint, tok_hash, filt, "train" if split == "train" else "eval")
-        path = root / "tokens" / key
+        path = root / "tokens" / _hash(rs.fingerprint, tok_hash, filt, "train" if split == "train" else "eval")
         ts = load_split(path)
         if ts is None:
             try:
@@ -148,27 +158,71 @@ def prepare_corpus(
                 errors.extend(exc.errors)
                 continue
             save_split(path, ts)
+        splits[(name, split)] = ts
+    if errors:
+        raise DataError(errors)
+    for k, rs in raw.items():  # only now: a split is remembered once everything built from it is cached
+        remember(root, keys[k], rs.fingerprint, rs.origin)
+    return _assemble(manifest, mpath, tokenizer, splits, fps, {k: r.origin for k, r in raw.items()}, log)
+
+
+def _filter_key(data: DataConfig) -> str:
+    return json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, data.filter_eval, CACHE_VERSION])
+
+
+def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: TokenizerConfig, root: Path,
+                 tokenizer_path: Path | None, fps: dict[tuple[str, str], str], log: Log) -> PreparedCorpus | None:
+    """The corpus from the cache alone, or None when any part of it is not cached."""
+    if tokenizer_path is None:
+        path = _tokenizer_path(manifest, {d.name: fps[(d.name, "train")] for d in manifest.directions}, tok_cfg, root)
+        if not path.is_file():
+            return None
+        log(f"tokenizer: cached {path}")
+        tokenizer_path = path
+    tokenizer = Tokenizer(tokenizer_path)
+    tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
+    filt = _filter_key(data)
+    splits: dict[tuple[str, str], TokenSplit] = {}
+    for (name, split), fp in fps.items():
+        ts = load_split(root / "tokens" / _hash(fp, tok_hash, filt, "train" if split == "train" else "eval"))
+        if ts is None:
+            return None
+        splits[(name, split)] = ts
+    origins = {(name, split): spec.describe() for name, split, spec in _specs(manifest)}
+    log(f"corpus: opened from the cache ({len(splits)} splits; no text read: the files' size, mtime and inode "
+        "are unchanged, MMTC_REHASH=1 hashes them again)")
+    return _assemble(manifest, mpath, tokenizer, splits, fps, origins, log)
+
+
+def _assemble(manifest: Manifest, mpath: Path, tokenizer: Tokenizer, loaded: dict[tuple[str, str], TokenSplit],
+              fps: dict[tuple[str, str], str], origins: dict[tuple[str, str], str], log: Log) -> PreparedCorpus:
+    splits: dict[str, dict[str, TokenSplit]] = {s: {} for s in SPLITS}
+    summary: dict[str, Any] = {"manifest": str(mpath), "directions": {}}
+    for (name, split), ts in loaded.items():
         splits[split][name] = ts
         meta = ts.meta or {}
         entry = summary["directions"].setdefault(name, {})
         entry[split] = {"pairs": len(ts), "dropped": meta.get("dropped", {}), "seen": meta.get("seen", len(ts)),
                         **({"stripped": meta["stripped"]} if meta.get("stripped") else {})}
-    if errors:
-        raise DataError(errors)
     for d in manifest.directions:
         summary["directions"][d.name]["group"] = d.group
     summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "path": str(tokenizer.path)}
     log(format_summary(summary))
-    parts = {f"{n} {s}": {"fingerprint": r.fingerprint, "files": r.origin} for (n, s), r in sorted(raw.items())}
+    fingerprint = _hash(*(f"{n}/{s}/{fp}" for (n, s), fp in sorted(fps.items())))
+    parts = {f"{n} {s}": {"fingerprint": fp, "files": origins[(n, s)]} for (n, s), fp in sorted(fps.items())}
     return PreparedCorpus(manifest, tokenizer, splits, summary, fingerprint, parts)
+
+
+def _tokenizer_path(manifest: Manifest, train_fps: dict[str, str], cfg: TokenizerConfig, root: Path) -> Path:
+    """Where the tokenizer for these training splits (by direction) and settings is cached."""
+    key = _hash(*(train_fps[d.name] for d in manifest.directions), json.dumps(to_plain(cfg)), *manifest.languages)
+    return root / "tokenizers" / key / "spm.model"
 
 
 def _tokenizer(manifest: Manifest, raw: dict[tuple[str, str], RawSplit], cfg: TokenizerConfig, root: Path,
                log: Log) -> Tokenizer:
     langs = manifest.languages
-    key = _hash(*(raw[(d.name, "train")].fingerprint for d in manifest.directions), json.dumps(to_plain(cfg)),
-                *langs)
-    path = root / "tokenizers" / key / "spm.model"
+    path = _tokenizer_path(manifest, {d.name: raw[(d.name, "train")].fingerprint for d in manifest.directions}, cfg, root)
     if path.is_file():
         log(f"tokenizer: cached {path}")
         return Tokenizer(path)

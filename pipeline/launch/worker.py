@@ -25,7 +25,6 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
                allow: frozenset[str] = frozenset(), until_stage: str | None = None) -> int:
     """Train (or resume) the run in `run_dir`; `corpus` saves reloading it when already in memory;
     `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
-    keep_freed_memory()
     run = RunDir(run_dir)
     recipe = run.load_config()
     dist = setup_distributed(recipe.train.threads)
@@ -37,6 +36,9 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
         corpus = load_corpus(recipe, run.tokenizer, print if dist.is_main else quiet)
         if dist.is_main:
             barrier()
+    # After the corpus is read: keeping freed pages from here on would otherwise keep the peak of
+    # reading and tokenising resident for the whole run.
+    keep_freed_memory()
     preemption.install()
     if dist.is_main and not resume:
         for warning in recipe.budget_warnings():
