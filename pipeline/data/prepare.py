@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +21,16 @@ import numpy as np
 
 from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
 from pipeline.core.typed_yaml import to_plain
+from pipeline.data.checks import check_raw, eval_drop_message
 from pipeline.data.corpus import DataError, RawSplit, read_split
 from pipeline.data.filters import count, empty_mask, length_mask
 from pipeline.data.fingerprints import remember, remembered, stat_key
 from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
 from pipeline.data.store import TokenSplit, load_split, ragged, save_split
+from pipeline.data.summary import SPLITS, format_summary
 from pipeline.data.tokenizer import Tokenizer, train_tokenizer
 
 CACHE_VERSION = "2"  # 2: a leading BOM is stripped on read
-SPLITS = ("train", "dev", "test")
 Log = Callable[[str], None]
 
 
@@ -96,25 +96,6 @@ def load_corpus(recipe: RecipeConfig, tokenizer: Path, log: Log = print) -> Prep
     """The recipe's corpus for a run whose tokenizer lives at `tokenizer` (trained and cached
     first when that file does not exist yet)."""
     return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tokenizer if tokenizer.is_file() else None)
-
-
-def check_raw(raw: dict[tuple[str, str], RawSplit], data: DataConfig) -> list[str]:
-    """What `mmtc run` refuses before any tokenizer: a train split with no usable pair (an empty
-    file, a side that is all blank) and, unless data.allow_eval_drops, dev/test pairs that would
-    be dropped as empty or invalid. `mmtc data check` runs the same function."""
-    out = []
-    for (n, split), r in raw.items():
-        nonempty = empty_mask(r.src, r.tgt)
-        if split == "train" and not nonempty.any():
-            what = "the files hold no lines" if not r.src and not r.dropped else (
-                f"all {len(r.src)} are empty on a side" + (f", {sum(r.dropped.values())} invalid" if r.dropped else ""))
-            out.append(f"{n} train ({r.origin}): no pairs left after filtering ({what})")
-        elif split != "train" and not data.allow_eval_drops and (not nonempty.all() or r.dropped):
-            none = np.zeros(len(r.src), dtype=bool)
-            out.append(_eval_drop_message(n, split, r, ~nonempty, none, none,
-                                          Counter({**({"empty": int((~nonempty).sum())} if not nonempty.all() else {}),
-                                                   **r.dropped})))
-    return out
 
 
 def prepare_corpus(
@@ -255,7 +236,7 @@ def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: s
     drops.update(rs.dropped)
     lines = np.asarray(rs.lines, dtype=np.int64)
     if split != "train" and drops and not cfg.allow_eval_drops:
-        raise DataError([_eval_drop_message(name, split, rs, empty, too_long, bad_ratio, drops)])
+        raise DataError([eval_drop_message(name, split, rs, empty, too_long, bad_ratio, drops)])
     keep = nonempty & ~too_long & ~bad_ratio
     if not keep.any():
         raise DataError([f"{name} {split} ({rs.origin}): no pairs left after filtering "
@@ -269,36 +250,6 @@ def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: s
     meta = {"seen": len(rs.src) + sum(rs.dropped.values()), "dropped": dict(drops), "origin": rs.origin,
             **({"stripped": dict(rs.stripped)} if rs.stripped else {})}
     return TokenSplit(src, src_off, tgt, tgt_off, lines[idx], texts, meta)
-
-
-def _eval_drop_message(name: str, split: str, rs: RawSplit, empty: np.ndarray, too_long: np.ndarray,
-                       bad_ratio: np.ndarray, drops: Counter[str]) -> str:
-    parts = []
-    for reason, mask in (("empty", empty), ("too_long", too_long), ("bad_ratio", bad_ratio)):
-        if mask.any():
-            where = [rs.lines[i] for i in np.flatnonzero(mask)[:5]]
-            parts.append(f"{reason}: {int(mask.sum())} (lines {', '.join(map(str, where))}"
-                         f"{', ...' if mask.sum() > 5 else ''})")
-    if drops.get("invalid_utf8"):
-        parts.append(f"invalid_utf8: {drops['invalid_utf8']}")
-    return (f"{name} {split} ({rs.origin}): {sum(drops.values())} pairs would be dropped: {'; '.join(parts)}. "
-            "Evaluation sets are not filtered silently: fix the data or set data.allow_eval_drops: true")
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    rows = ["data summary (pairs kept; dropped by reason):"]
-    for name, entry in summary["directions"].items():
-        cells = []
-        for split in SPLITS:
-            if split in entry:
-                e = entry[split]
-                drop = ", ".join(f"{k} {v}" for k, v in sorted(e["dropped"].items()))
-                fixed = ", ".join(f"{k} {v}" for k, v in sorted(e.get("stripped", {}).items()))
-                cells.append(f"{split} {e['pairs']}" + (f" (dropped {drop})" if drop else "")
-                             + (f" (stripped {fixed})" if fixed else ""))
-        group = f" [{entry.get('group')}]" if entry.get("group") else ""
-        rows.append(f"  {name}{group}: " + "; ".join(cells))
-    return "\n".join(rows)
 
 
 def copy_tokenizer(corpus: PreparedCorpus, run_dir: Path) -> Path:

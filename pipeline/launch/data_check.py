@@ -10,11 +10,13 @@ import yaml
 
 from pipeline.config import DataConfig
 from pipeline.curriculum.recipe import load_recipe
+from pipeline.data.checks import check_raw
 from pipeline.data.corpus import DataError
 from pipeline.data.demo import build_demo_corpus
 from pipeline.data.filters import empty_mask
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import SPLITS, cache_root, check_raw, format_summary, prepare_corpus, read_all
+from pipeline.data.prepare import cache_root, prepare_corpus, read_all
+from pipeline.data.summary import SPLITS, format_summary
 
 
 def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
