@@ -23,10 +23,11 @@ from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.checks import check_raw, eval_drop_message
 from pipeline.data.corpus import DataError, RawSplit, read_split
+from pipeline.data.encode import encode_pairs, select_rows
 from pipeline.data.filters import count, empty_mask, length_mask
 from pipeline.data.fingerprints import remember, remembered, stat_key
 from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
-from pipeline.data.store import TokenSplit, load_split, ragged, save_split
+from pipeline.data.store import TokenSplit, load_split, save_split
 from pipeline.data.summary import SPLITS, format_summary
 from pipeline.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -222,10 +223,7 @@ def _tokenizer(manifest: Manifest, raw: dict[tuple[str, str], RawSplit], cfg: To
 
 def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: str) -> TokenSplit:
     nonempty = empty_mask(rs.src, rs.tgt)
-    src_ids = tok.encode(rs.src)
-    tgt_ids = tok.encode(rs.tgt)
-    src_lens = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
-    tgt_lens = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+    src_flat, src_lens, tgt_flat, tgt_lens = encode_pairs(tok.path, rs.src, rs.tgt)
     too_long, bad_ratio = length_mask(src_lens, tgt_lens, cfg.max_len, cfg.max_len_ratio)
     if split != "train" and not cfg.filter_eval:
         too_long[:], bad_ratio[:] = False, False
@@ -242,8 +240,8 @@ def _tokenize(rs: RawSplit, tok: Tokenizer, cfg: DataConfig, name: str, split: s
         raise DataError([f"{name} {split} ({rs.origin}): no pairs left after filtering "
                          f"(dropped: {dict(drops)}); check the files or data.max_len / data.max_len_ratio"])
     idx = np.flatnonzero(keep)
-    src, src_off = ragged([src_ids[i] for i in idx])
-    tgt, tgt_off = ragged([tgt_ids[i] for i in idx])
+    src, src_off = select_rows(src_flat, src_lens, keep)
+    tgt, tgt_off = select_rows(tgt_flat, tgt_lens, keep)
     texts = None
     if split != "train":
         texts = {"src": [rs.src[i] for i in idx], "tgt": [rs.tgt[i] for i in idx]}

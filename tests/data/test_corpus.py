@@ -138,6 +138,7 @@ def test_second_prepare_hits_the_cache(tmp_path, monkeypatch):
         raise AssertionError("tokenised again")
 
     monkeypatch.setattr(tk.Tokenizer, "encode", boom)
+    monkeypatch.setattr(prepare, "encode_pairs", boom)
     monkeypatch.setattr(prepare, "train_tokenizer", boom)
     second = prepare_corpus(cfg, tok, log=lambda m: None, manifest_path=m)
     assert second.fingerprint == first.fingerprint

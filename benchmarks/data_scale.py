@@ -1,0 +1,125 @@
+"""Data preparation at scale: cold prepare and warm open of tatoeba-diverse9 grown to N pairs.
+
+    python benchmarks/data_scale.py --sizes 0,1000000,3000000 [--work /tmp/mmtc-scale]
+
+Size 0 is the corpus as it is (443K pairs). For N > 0 the largest direction (eng-deu) is repeated
+until the corpus holds N pairs, each repeated line made unique with a marker (" #k" on both sides,
+k the repetition), so that no two lines are equal and nothing is deduplicated away; the other
+directions and every dev/test set stay as they are. Each size is prepared in a fresh process with
+an empty cache (cold: read, validate, train the tokenizer, tokenise, cache), then opened again in
+another fresh process (warm). Per step: wall seconds, CPU seconds (user + system, so CPU / wall is
+the cores in use out of this machine's), peak RSS (VmHWM of the process) and, for cold, the cache's
+size on disk. Disk: each grown corpus takes about 95 bytes per pair of text, the cache about 60.
+Writes benchmarks/results/data_scale.json (merged by size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "benchmarks" / "tatoeba-diverse9.yaml"
+GROW = "eng-deu"
+
+STEP = """
+import json, resource, sys, time
+from pathlib import Path
+from pipeline.config import DataConfig, TokenizerConfig
+from pipeline.data.prepare import prepare_corpus
+t = time.perf_counter()
+c = prepare_corpus(DataConfig(corpus=sys.argv[1], cache_dir=sys.argv[2], allow_eval_drops=True),
+                   TokenizerConfig(vocab_size=8000), log=lambda _m: None, manifest_path=Path(sys.argv[1]))
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_SELF)
+peak = [int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
+print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": peak,
+                  "pairs": sum(len(s) for s in c.splits["train"].values())}))
+"""
+
+
+def grown(n: int, work: Path) -> Path:
+    """A manifest of tatoeba-diverse9 with eng-deu's train split grown so the corpus has n pairs."""
+    spec = yaml.safe_load(MANIFEST.read_text())
+    for d in spec["directions"]:
+        for split in ("train", "dev", "test"):
+            for side in ("src", "tgt"):
+                d[split][side] = str((MANIFEST.parent / d[split][side]).resolve())
+    if n == 0:
+        out = work / "n0.yaml"
+        out.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return out
+    total = sum(Path(d["train"]["src"]).read_bytes().count(b"\n") for d in spec["directions"])
+    deu = next(d for d in spec["directions"] if f"{d['src']}-{d['tgt']}" == GROW)
+    base = [Path(deu["train"][s]).read_bytes().splitlines() for s in ("src", "tgt")]
+    want = n - (total - len(base[0]))
+    folder = work / f"n{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "train.eng", folder / "train.deu"]
+    if not all(p.is_file() for p in paths):
+        with open(paths[0], "wb") as fs, open(paths[1], "wb") as ft:
+            for i in range(want):
+                k, j = divmod(i, len(base[0]))
+                mark = b"" if k == 0 else f" #{k}".encode()
+                fs.write(base[0][j] + mark + b"\n")
+                ft.write(base[1][j] + mark + b"\n")
+        old = time.time() - 60  # older than the fingerprints' racy window, as real data is
+        for p in paths:
+            os.utime(p, (old, old))
+    deu["train"] = {"src": str(paths[0]), "tgt": str(paths[1])}
+    out = work / f"n{n}.yaml"
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
+def step(manifest: Path, cache: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="0,1000000", help="comma-separated corpus sizes in pairs (0: as it is)")
+    ap.add_argument("--work", default="/tmp/mmtc-scale", help="where the grown corpora and caches go")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "data_scale.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"rows": {}}
+    for n in (int(x) for x in args.sizes.split(",") if x):
+        manifest = grown(n, work)
+        cache = work / f"cache-{n}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cold = step(manifest, cache)
+        warm = step(manifest, cache)
+        row = {"pairs": cold["pairs"], "cold": cold, "warm": warm, "cache_mb": round(du(cache) / 2**20, 1),
+               "cold_pairs_per_s": round(cold["pairs"] / cold["wall_s"]), "cores_used_cold": round(cold["cpu_s"] / cold["wall_s"], 2)}
+        results["rows"][str(n)] = row
+        print(f"{row['pairs']:>10} pairs: cold {cold['wall_s']:.1f} s ({row['cold_pairs_per_s']} pairs/s, "
+              f"{row['cores_used_cold']} cores, peak {cold['peak_rss_mb']:.0f} MB, cache {row['cache_mb']} MB); "
+              f"warm open {warm['wall_s']:.2f} s (peak {warm['peak_rss_mb']:.0f} MB)", flush=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    results["machine"] = f"{os.cpu_count()}-core CPU, {os.uname().sysname}"
+    results["how"] = "one run per size; each step a fresh process; tokenizer 8K unigram, default filters"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Tokenising a split on every core, chunk by chunk, into flat arrays.
+
+SentencePiece returns Python lists of ints (about 41 bytes per token before they become an int32
+array), and building those lists, not the C++ encoder, is what kept tokenising on about one core.
+So each chunk of `CHUNK` pairs is encoded in a worker process and comes back as arrays (4 bytes a
+token); the parent only concatenates. The ids are those of `Tokenizer.encode`, in the same order.
+
+Workers are forked: a fork copies the parent's loaded modules for free, but is unsafe in a process
+that already runs a torch.distributed group (its communication threads do not survive a fork), so
+such a process, or a machine with one core, tokenises in-process with the same chunking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+CHUNK = 20_000  # pairs per task: small enough to bound a worker's lists, large enough to amortise pickling
+
+_worker_sp: spm.SentencePieceProcessor | None = None
+
+
+def ragged_ids(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat int32 ids, int64 length per text)."""
+    ids = sp.encode(list(texts), num_threads=1)
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+    return flat, lens
+
+
+def _init(model: str) -> None:
+    global _worker_sp
+    _worker_sp = spm.SentencePieceProcessor(model_file=model)
+
+
+def _encode_pair(chunk: tuple[list[str], list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    assert _worker_sp is not None
+    return (*ragged_ids(_worker_sp, chunk[0]), *ragged_ids(_worker_sp, chunk[1]))
+
+
+def workers_here() -> int:
+    """How many processes to tokenise with: every core this process may use, or 1 where forking is
+    unsafe (an initialised torch.distributed group) or pointless."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores)
+
+
+def encode_pairs(model: Path, src: Sequence[str], tgt: Sequence[str], workers: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(src ids, src lengths, tgt ids, tgt lengths) of every pair, flat."""
+    n = workers if workers is not None else workers_here()
+    chunks = [(list(src[i:i + CHUNK]), list(tgt[i:i + CHUNK])) for i in range(0, len(src), CHUNK)]
+    if n <= 1 or len(chunks) <= 1:
+        _init(str(model))
+        parts = [_encode_pair(c) for c in chunks]
+    else:
+        with mp.get_context("fork").Pool(min(n, len(chunks)), initializer=_init, initargs=(str(model),)) as pool:
+            parts = pool.map(_encode_pair, chunks, chunksize=1)
+    if not parts:
+        empty_ids, empty_lens = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        return empty_ids, empty_lens, empty_ids, empty_lens
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))  # type: ignore[return-value]
+
+
+def select_rows(flat: np.ndarray, lens: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows of a ragged array, as (flat ids, offsets)."""
+    kept_lens = lens[keep]
+    off = np.zeros(len(kept_lens) + 1, dtype=np.int64)
+    np.cumsum(kept_lens, out=off[1:])
+    return flat[np.repeat(keep, lens)], off

@@ -1,0 +1,27 @@
+"""Tokenising on every core gives exactly the ids of one in-process encode, in order."""
+
+import numpy as np
+
+from pipeline.config import TokenizerConfig
+from pipeline.data import encode
+from pipeline.data.tokenizer import train_tokenizer
+
+from corpus_factory import sentences
+
+
+def test_parallel_chunks_equal_one_encode_and_rows_are_selected(tmp_path, monkeypatch):
+    src = sentences(500, seed=1)
+    tgt = [s.upper() for s in src]
+    tok = train_tokenizer({"eng": src, "upp": tgt}, ["eng", "upp"], TokenizerConfig(vocab_size=400), tmp_path / "spm.model")
+    monkeypatch.setattr(encode, "CHUNK", 64)  # several chunks, so the pool really splits the work
+    forked = encode.encode_pairs(tok.path, src, tgt, workers=2)
+    alone = encode.encode_pairs(tok.path, src, tgt, workers=1)
+    ids = tok.encode(src)
+    assert np.array_equal(forked[0], np.concatenate([np.array(x, dtype=np.int32) for x in ids]))
+    assert forked[1].tolist() == [len(x) for x in ids]
+    assert all(np.array_equal(a, b) for a, b in zip(forked, alone))
+    keep = np.arange(len(src)) % 3 == 0
+    flat, off = encode.select_rows(forked[0], forked[1], keep)
+    kept = [x for x, k in zip(ids, keep) if k]
+    assert off.tolist() == np.concatenate([[0], np.cumsum([len(x) for x in kept])]).tolist()
+    assert flat.tolist() == [t for x in kept for t in x]
