@@ -108,7 +108,8 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
         cold = step(manifest, cache)
         warm = step(manifest, cache)
-        row = {"pairs": cold["pairs"], "cold": cold, "warm": warm, "cache_mb": round(du(cache) / 2**20, 1),
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        row = {"code": commit, "pairs": cold["pairs"], "cold": cold, "warm": warm, "cache_mb": round(du(cache) / 2**20, 1),
                "cold_pairs_per_s": round(cold["pairs"] / cold["wall_s"]), "cores_used_cold": round(cold["cpu_s"] / cold["wall_s"], 2)}
         results["rows"][str(n)] = row
         print(f"{row['pairs']:>10} pairs: cold {cold['wall_s']:.1f} s ({row['cold_pairs_per_s']} pairs/s, "
