@@ -38,6 +38,13 @@ class RawSplit:
     stripped: Counter[str] = field(default_factory=Counter)  # kept, but cleaned on read (a BOM)
 
 
+def _hasher(first: str) -> Any:
+    """A digest as `_digest` would start it: `first`, then b"\\0"; parts are added the same way."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(first.encode() + b"\0")
+    return h
+
+
 def _digest(*parts: bytes | str) -> str:
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
@@ -46,59 +53,79 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def _split_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
+class _LineDecoder:
+    """Decodes a file's lines chunk by chunk; invalid ones (bad UTF-8, or a NUL byte, which no text
+    holds) become None (skip mode) or errors (error mode), numbered from the file's first line."""
 
+    def __init__(self, path: str, on_invalid: str, errors: list[str]) -> None:
+        self.path, self.on_invalid, self.errors = path, on_invalid, errors
+        self.out: list[str | None] = []
+        self.bad = 0
 
-def _decode_lines(path: str, raw: list[bytes], on_invalid: str, errors: list[str]) -> tuple[list[str | None], int]:
-    """Decode each line; invalid ones (bad UTF-8, or a NUL byte, which no text holds) become None
-    (skip mode) or errors (error mode)."""
-    if not any(b"\0" in line for line in raw):
-        try:
-            whole = b"\n".join(raw).decode("utf-8")
-            return list(whole.split("\n")) if raw else [], 0
-        except UnicodeDecodeError:
-            pass
-    out: list[str | None] = []
-    bad = 0
-    for i, line in enumerate(raw, 1):
-        why = f"NUL byte at column {line.index(0) + 1}" if b"\0" in line else ""
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            why = why or f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
-        if not why:
-            out.append(text)
-            continue
-        bad += 1
-        out.append(None)
-        if on_invalid == "error" and bad <= MAX_LISTED:
-            errors.append(f"{path}:{i}: {why}")
-    if on_invalid == "error" and bad > MAX_LISTED:
-        errors.append(f"{path}: ... and {bad - MAX_LISTED} more invalid lines (UTF-8 or NUL)")
-    return out, bad
+    def feed(self, body: bytes) -> None:
+        """`body`: whole lines joined by b"\\n" (without the last one's newline)."""
+        if b"\0" not in body:
+            try:
+                self.out.extend(body.decode("utf-8").split("\n"))
+                return
+            except UnicodeDecodeError:
+                pass
+        first = len(self.out) + 1
+        for i, line in enumerate(body.split(b"\n"), first):
+            why = f"NUL byte at column {line.index(0) + 1}" if b"\0" in line else ""
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                why = why or f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+            if not why:
+                self.out.append(text)
+                continue
+            self.bad += 1
+            self.out.append(None)
+            if self.on_invalid == "error" and self.bad <= MAX_LISTED:
+                self.errors.append(f"{self.path}:{i}: {why}")
+
+    def close(self) -> list[str | None]:
+        if self.on_invalid == "error" and self.bad > MAX_LISTED:
+            self.errors.append(f"{self.path}: ... and {self.bad - MAX_LISTED} more invalid lines (UTF-8 or NUL)")
+        return self.out
 
 
 BOM = b"\xef\xbb\xbf"
+READ_CHUNK = 16 << 20  # bytes read at a time: the file's bytes are never all in memory at once
 
 
-def _read_text_file(path: str, on_invalid: str, errors: list[str], stripped: Counter[str] | None = None
-                    ) -> tuple[list[str | None], bytes]:
+def _read_text_file(path: str, on_invalid: str, errors: list[str], digest: Any,
+                    stripped: Counter[str] | None = None) -> list[str | None]:
+    """The file's lines, split on b"\\n" only (a last line without a newline counts); its bytes,
+    then b"\\0", go into `digest` (a hashlib object) as they are read."""
     p = Path(path)
     if not p.is_file():
         errors.append(f"{path}: file not found")
-        return [], b""
-    data = p.read_bytes()
-    body = data
-    if data.startswith(BOM):  # an editor's byte-order mark is not part of the first sentence
-        body = data[len(BOM):]
-        if stripped is not None:
-            stripped["bom"] += 1
-    lines, _ = _decode_lines(path, _split_lines(body), on_invalid, errors)
-    return lines, data
+        return []
+    decoder = _LineDecoder(path, on_invalid, errors)
+    carry = b""
+    with open(p, "rb") as f:
+        first = True
+        while chunk := f.read(max(READ_CHUNK, len(BOM)) if first else READ_CHUNK):  # the BOM in one piece
+            digest.update(chunk)
+            if first:
+                first = False
+                if chunk.startswith(BOM):  # an editor's byte-order mark is not part of the first sentence
+                    chunk = chunk[len(BOM):]
+                    if stripped is not None:
+                        stripped["bom"] += 1
+            data = carry + chunk
+            end = data.rfind(b"\n")
+            if end < 0:
+                carry = data
+                continue
+            decoder.feed(data[:end])
+            carry = data[end + 1:]
+    digest.update(b"\0")
+    if carry:
+        decoder.feed(carry)
+    return decoder.close()
 
 
 def _field(record: Any, dotted: str) -> Any:
@@ -116,20 +143,23 @@ def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
     stripped: Counter[str] = Counter()
     if spec.format == "text":
         assert spec.src is not None and spec.tgt is not None
-        src, sbytes = _read_text_file(spec.src, on_invalid, errors, stripped)
-        tgt, tbytes = _read_text_file(spec.tgt, on_invalid, errors, stripped)
+        h = _hasher("text")
+        src = _read_text_file(spec.src, on_invalid, errors, h, stripped)
+        tgt = _read_text_file(spec.tgt, on_invalid, errors, h, stripped)
         if not errors and len(src) != len(tgt):
             errors.append(
                 f"{where}: line counts differ: {spec.src} has {len(src)} lines, {spec.tgt} has {len(tgt)} lines"
             )
-        fp = _digest("text", sbytes, tbytes)
+        fp = h.hexdigest()
         pairs: list[tuple[str | None, str | None]] = list(zip(src, tgt))
     elif spec.format in ("tsv", "jsonl"):
         assert spec.path is not None
-        lines, data = _read_text_file(spec.path, on_invalid, errors, stripped)
+        h = _hasher(spec.format)
+        lines = _read_text_file(spec.path, on_invalid, errors, h, stripped)
         pairs = _parse_records(spec, lines, errors)
-        fp = _digest(spec.format, data, spec.src_field or "", spec.tgt_field or "",
-                     str(spec.src_column), str(spec.tgt_column))
+        for part in (spec.src_field or "", spec.tgt_field or "", str(spec.src_column), str(spec.tgt_column)):
+            h.update(part.encode() + b"\0")
+        fp = h.hexdigest()
     else:
         pairs, fp = _read_with_datasets(spec, errors)
     if errors:

@@ -192,3 +192,26 @@ def test_evaluation_sets_are_scored_whole_unless_filter_eval(tmp_path):
     cfg.filter_eval = True
     with pytest.raises(DataError, match=r"eng-fra dev .*too_long: 1 \(lines 2\)"):
         prepare_corpus(cfg, TokenizerConfig(vocab_size=300), log=lambda m: None, manifest_path=m)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64])
+def test_reading_in_chunks_changes_nothing(tmp_path, monkeypatch, chunk):
+    from pipeline.data import corpus
+
+    src = b"\xef\xbb\xbfcaf\xc3\xa9\nbad \xff\n\nnul \x00\nline\rwith cr\n\xe2\x80\xa8sep\nlast no newline"
+    tgt = b"a\nb\nc\nd\ne\nf\ng\n"
+    spec = text_spec(tmp_path, src, tgt)
+    whole = read_split(spec, "skip", "x")
+    with pytest.raises(DataError) as exc:
+        read_split(spec, "error", "x")
+    whole_errors = exc.value.errors
+    monkeypatch.setattr(corpus, "READ_CHUNK", chunk)
+    part = read_split(spec, "skip", "x")
+    assert (part.src, part.tgt, part.lines, part.dropped, part.fingerprint, part.stripped) == (
+        whole.src, whole.tgt, whole.lines, whole.dropped, whole.fingerprint, whole.stripped)
+    assert part.src == ["café", "", "line\rwith cr", "sep", "last no newline"]  # sides are stripped: U+2028 too
+    assert part.lines == [1, 3, 5, 6, 7] and part.dropped["invalid_utf8"] == 2 and part.stripped["bom"] == 1
+    with pytest.raises(DataError) as exc:
+        read_split(spec, "error", "x")
+    assert exc.value.errors == whole_errors
+    assert [e.split(": ")[0][-4:] for e in whole_errors] == ["rc:2", "rc:4"]
