@@ -35,7 +35,10 @@ class TokenizerConfig:
     vocab_size: int = 8000
     model_type: Literal["unigram", "bpe"] = "unigram"
     temperature: float = 5.0  # languages are mixed p ∝ D^(1/τ) for training the pieces
-    max_sentences: int = 2_000_000
+    # sentences SentencePiece trains on (τ-mixed, drawn from the distinct training sentences): its
+    # memory is about 1 GB per million, so 1M keeps preparation under 2 GiB; corpora with fewer
+    # distinct sentences (the demo, tatoeba-diverse9) use them all, as before
+    max_sentences: int = 1_000_000
     character_coverage: float = 0.9995
     byte_fallback: bool = True
     seed: int = 17
