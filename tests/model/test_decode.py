@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ from pipeline.model.decode import beam_search, greedy_search, max_lengths, top_k
 from pipeline.model.transformer import ModelArch, Seq2SeqTransformer
 
 PAD, BOS, EOS = 1, 2, 3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models are tiny: extra threads only add sync overhead, and thrash on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small(vocab: int = 50, seed: int = 0) -> Seq2SeqTransformer:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ from pipeline.config import PRESETS, ModelArch, ModelConfig, resolve_arch
 from pipeline.model.transformer import Seq2SeqTransformer
 
 PAD, BOS, EOS, VOCAB = 1, 2, 3, 50
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models are tiny: extra threads only add sync overhead, and thrash on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small(**kw: float) -> Seq2SeqTransformer:
