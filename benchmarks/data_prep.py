@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from data_scale import step  # benchmarks/, the script's own folder, is on sys.path
 
 from pipeline.config import DataConfig, TokenizerConfig
 from pipeline.data.manifest import load_manifest
@@ -43,21 +43,15 @@ def main() -> None:
     prepare_corpus(data, tok, log=lambda _m: None, manifest_path=Path(args.manifest))
     warm_s = time.perf_counter() - t
     tokens = sum(s.num_tokens for split in corpus.splits.values() for s in split.values())
-    code = ("import time; from pathlib import Path; t = time.perf_counter(); "
-            "from pipeline.config import DataConfig, TokenizerConfig; from pipeline.data.prepare import prepare_corpus; "
-            f"prepare_corpus(DataConfig(corpus={args.manifest!r}, cache_dir={cache!r}, allow_eval_drops=True), "
-            f"TokenizerConfig(vocab_size={args.vocab}), log=lambda _m: None, manifest_path=Path({args.manifest!r})); "
-            "print(time.perf_counter() - t, [int(x.split()[1]) / 1024 for x in open('/proc/self/status') "
-            "if x.startswith('VmHWM')][0])")  # VmHWM: ru_maxrss would count the parent's pages at the fork
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    fresh_s, fresh_mb = float(out[0]), float(out[1])
+    fresh = step(Path(args.manifest), Path(cache), args.vocab)
+    fresh_s, fresh_mb = fresh["wall_s"], fresh["peak_rss_mb"]
     res = {"manifest": args.manifest, "pairs": pairs, "tokens": tokens, "read_and_validate_s": round(read_s, 2),
            "cold_prepare_s": round(cold_s, 2), "warm_load_s": round(warm_s, 2),
            "fresh_process_open_s": round(fresh_s, 2), "fresh_process_peak_rss_mb": round(fresh_mb, 1),
            "machine": "2-core CPU (this repository's dev machine)", "how": "one run"}
     print(f"{pairs} pairs ({tokens} tokens): read+validate {read_s:.1f} s; cold (read, validate, train the "
           f"tokenizer, tokenise, cache) {cold_s:.1f} s; warm (from the cache) {warm_s:.1f} s; a fresh process "
-          f"opens it in {fresh_s:.1f} s (imports included) at a peak RSS of {fresh_mb:.0f} MB")
+          f"opens it in {fresh_s:.2f} s (after its imports) at a peak RSS of {fresh_mb:.0f} MB")
     Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
     Path("benchmarks/results/data_prep.json").write_text(json.dumps(res, indent=1))
 

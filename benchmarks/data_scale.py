@@ -37,7 +37,7 @@ from pipeline.config import DataConfig, TokenizerConfig
 from pipeline.data.prepare import prepare_corpus
 t = time.perf_counter()
 c = prepare_corpus(DataConfig(corpus=sys.argv[1], cache_dir=sys.argv[2], allow_eval_drops=True),
-                   TokenizerConfig(vocab_size=8000), log=lambda _m: None, manifest_path=Path(sys.argv[1]))
+                   TokenizerConfig(vocab_size=int(sys.argv[3])), log=lambda _m: None, manifest_path=Path(sys.argv[1]))
 wall = time.perf_counter() - t
 ru = resource.getrusage(resource.RUSAGE_SELF)
 peak = [int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
@@ -80,8 +80,10 @@ def grown(n: int, work: Path) -> Path:
     return out
 
 
-def step(manifest: Path, cache: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache)], capture_output=True, text=True,
+def step(manifest: Path, cache: Path, vocab: int = 8000) -> dict[str, float]:
+    """Prepare (or, with a filled cache, open) the corpus in a fresh process: its wall and CPU
+    seconds (imports not counted) and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache), str(vocab)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])

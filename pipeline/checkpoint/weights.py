@@ -3,14 +3,13 @@ frozen reference model that DoReMi scores against."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from pipeline.checkpoint import commit as ckpt
 from pipeline.config import RecipeConfig
-from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.tokenizer import Tokenizer, model_digest
 from pipeline.model.transformer import Seq2SeqTransformer, build_model
 from pipeline.rundir.layout import RunDir
 
@@ -33,10 +32,6 @@ def load_model(run: RunDir, recipe: RecipeConfig, vocab_size: int, pad_id: int, 
     return model, tag_dir.name
 
 
-def _digest(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
-
-
 class ReferenceModel:
     """An earlier run's frozen model scoring the trainer's target tokens. It must share the
     trainer's tokenizer (same pieces, same ids), else its losses are of other tokens."""
@@ -46,7 +41,7 @@ class ReferenceModel:
         run = RunDir(run_dir)
         if not run.exists():
             raise FileNotFoundError(f"reference run {run_dir}: no config.yaml there (not a run directory)")
-        if not run.tokenizer.is_file() or _digest(run.tokenizer) != _digest(tokenizer):
+        if not run.tokenizer.is_file() or model_digest(run.tokenizer) != model_digest(tokenizer):
             raise ValueError(f"reference run {run_dir} was trained with another tokenizer ({run.tokenizer}); "
                              f"DoReMi's reference must tokenise as this run does ({tokenizer})")
         recipe = run.load_config()

@@ -38,19 +38,13 @@ class RawSplit:
     stripped: Counter[str] = field(default_factory=Counter)  # kept, but cleaned on read (a BOM)
 
 
-def _hasher(first: str) -> Any:
-    """A digest as `_digest` would start it: `first`, then b"\\0"; parts are added the same way."""
+def _hasher(*parts: str) -> Any:
+    """A split's fingerprint under way: each part, then b"\\0" (file bytes are added the same way as
+    they are read)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(first.encode() + b"\0")
+    for part in parts:
+        h.update(part.encode() + b"\0")
     return h
-
-
-def _digest(*parts: bytes | str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 class _LineDecoder:
@@ -241,4 +235,4 @@ def _read_with_datasets(spec: SourceSpec, errors: list[str]) -> tuple[list[tuple
     h = hashlib.blake2b(digest_size=16)
     for s, t in pairs:
         h.update(f"{s}\t{t}\n".encode())
-    return pairs, _digest(spec.describe(), h.hexdigest())
+    return pairs, _hasher(spec.describe(), h.hexdigest()).hexdigest()

@@ -60,12 +60,15 @@ def stat_key(spec: SourceSpec) -> str | None:
     return h.hexdigest()
 
 
+def _record(root: Path, key: str) -> Path:
+    return root / "fingerprints" / f"{key}.json"
+
+
 def remembered(root: Path, key: str | None) -> str | None:
     if key is None:
         return None
-    path = root / "fingerprints" / f"{key}.json"
     try:
-        return str(json.loads(path.read_text())["fingerprint"])
+        return str(json.loads(_record(root, key).read_text())["fingerprint"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -73,6 +76,6 @@ def remembered(root: Path, key: str | None) -> str | None:
 def remember(root: Path, key: str | None, fingerprint: str, files: str) -> None:
     if key is None or not fingerprint:
         return
-    path = root / "fingerprints" / f"{key}.json"
+    path = _record(root, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"fingerprint": fingerprint, "files": files}) + "\n")

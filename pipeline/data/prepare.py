@@ -29,7 +29,7 @@ from pipeline.data.fingerprints import remember, remembered, stat_key
 from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
 from pipeline.data.store import TokenSplit, load_split, save_split
 from pipeline.data.summary import SPLITS, format_summary
-from pipeline.data.tokenizer import Tokenizer, train_tokenizer
+from pipeline.data.tokenizer import Tokenizer, model_digest, train_tokenizer
 
 CACHE_VERSION = "2"  # 2: a leading BOM is stripped on read
 Log = Callable[[str], None]
@@ -126,12 +126,11 @@ def prepare_corpus(
         tokenizer = _tokenizer(manifest, raw, tok_cfg, root, log)
     else:
         tokenizer = Tokenizer(tokenizer_path)
-    tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
-    filt = _filter_key(data)
+    token_path = _token_paths(root, tokenizer, data)
     splits: dict[tuple[str, str], TokenSplit] = {}
     errors: list[str] = []
     for (name, split), rs in raw.items():
-        path = root / "tokens" / _hash(rs.fingerprint, tok_hash, filt, "train" if split == "train" else "eval")
+        path = token_path(rs.fingerprint, split)
         ts = load_split(path)
         if ts is None:
             try:
@@ -148,8 +147,13 @@ def prepare_corpus(
     return _assemble(manifest, mpath, tokenizer, splits, fps, {k: r.origin for k, r in raw.items()}, log)
 
 
-def _filter_key(data: DataConfig) -> str:
-    return json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, data.filter_eval, CACHE_VERSION])
+def _token_paths(root: Path, tokenizer: Tokenizer, data: DataConfig) -> Callable[[str, str], Path]:
+    """Where a split's tokens are cached: by its fingerprint, the tokenizer model's bytes and the
+    filter settings (train and eval splits are filtered differently)."""
+    tok_hash = model_digest(tokenizer.path)
+    filt = json.dumps([data.max_len, data.max_len_ratio, data.allow_eval_drops, data.filter_eval, CACHE_VERSION])
+    return lambda fingerprint, split: root / "tokens" / _hash(fingerprint, tok_hash, filt,
+                                                             "train" if split == "train" else "eval")
 
 
 def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: TokenizerConfig, root: Path,
@@ -162,11 +166,10 @@ def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: Tok
         log(f"tokenizer: cached {path}")
         tokenizer_path = path
     tokenizer = Tokenizer(tokenizer_path)
-    tok_hash = hashlib.blake2b(tokenizer.path.read_bytes(), digest_size=12).hexdigest()
-    filt = _filter_key(data)
+    token_path = _token_paths(root, tokenizer, data)
     splits: dict[tuple[str, str], TokenSplit] = {}
     for (name, split), fp in fps.items():
-        ts = load_split(root / "tokens" / _hash(fp, tok_hash, filt, "train" if split == "train" else "eval"))
+        ts = load_split(token_path(fp, split))
         if ts is None:
             return None
         splits[(name, split)] = ts

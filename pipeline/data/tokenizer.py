@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,12 @@ from pipeline.core.mixing import temperature_probs
 from pipeline.core.typed_yaml import ConfigError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+def model_digest(path: Path) -> str:
+    """The model file's content hash: token caches are keyed by it, and two runs tokenise alike iff
+    their digests are equal."""
+    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
 
 
 def tag(lang: str) -> str:
