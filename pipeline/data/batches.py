@@ -5,7 +5,7 @@ cadence) chunks never straddle a multiple of it: each period is cut into chunks 
 its last one shorter, so a p updated after step k·period drives exactly the steps from there.
 For chunk c the stream draws directions from the sampler's p (frozen at the chunk's start) with a generator seeded by (seed, stage, c), takes each
 direction's examples in the order of a per-epoch permutation (seeded by seed, stage, direction,
-epoch) from a saved cursor, sorts them by length, packs them into micro-batches of at most
+epoch; computed, not stored: `core.permutation`) from a saved cursor, sorts them by length, packs them into micro-batches of at most
 `max_tokens` padded tokens and shuffles the batches. Every rank builds the same plan and takes its
 own micro-batches, so all ranks know the step's global target-token count without communicating.
 The state (chunk, cursors at its start, p) is all a resume needs to rebuild the same batches.
@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pipeline.core.permutation import KeyedPermutation
 from pipeline.core.rng import rng_for
-from pipeline.data.store import TokenSplit
+from pipeline.data.store import TokenSplit, pair_sizes, size_stats
 from pipeline.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _PERM, _SHUFFLE, _TIE = 0x5045, 0x5348, 0x5449
@@ -122,9 +123,9 @@ class BatchStream:
         # chunks per period: a period of P steps is cut into ceil(P / chunk_steps) chunks
         self._per_period = 0 if period is None else -(-period // chunk_steps)
         self.world, self.rank, self.accum = world, rank, accum
-        self.sizes = [np.maximum(s.src_lens + 2, s.tgt_lens + 1) for s in self.splits]
-        self.tgt_sizes = [s.tgt_lens + 1 for s in self.splits]
-        too_big = [int(s.max()) for s in self.sizes if s.max() > max_tokens]
+        # per direction (largest, mean) padded size, read from the memory-mapped offsets in slices
+        self.stats = [size_stats(s) for s in self.splits]
+        too_big = [big for big, _ in self.stats if big > max_tokens]
         if too_big:
             raise ValueError(f"max_tokens {max_tokens} is smaller than an example of {max(too_big)} tokens; "
                              "raise train.max_tokens or lower data.max_len")
@@ -133,16 +134,16 @@ class BatchStream:
         self.next_cursors = self.cursors.copy()
         self.p: np.ndarray | None = None
         self._plan: list[list[tuple[int, int]]] = []
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._perms: dict[tuple[int, int], KeyedPermutation] = {}
 
     # -- the plan of one chunk -------------------------------------------------------------
-    def _perm(self, d: int, epoch: int) -> np.ndarray:
+    def _perm(self, d: int, epoch: int) -> KeyedPermutation:
         key = (d, epoch)
         if key not in self._perms:
             if len(self._perms) > 4 * len(self.splits):
                 self._perms.clear()
-            self._perms[key] = rng_for(self.seed, self.stage, self.dir_ids[d], epoch, _PERM).permutation(
-                len(self.splits[d]))
+            self._perms[key] = KeyedPermutation(len(self.splits[d]),
+                                                rng_for(self.seed, self.stage, self.dir_ids[d], epoch, _PERM))
         return self._perms[key]
 
     def _examples(self, dirs: np.ndarray, cursors: np.ndarray) -> np.ndarray:
@@ -174,14 +175,17 @@ class BatchStream:
 
     def _build(self, chunk: int, p: np.ndarray, cursors: np.ndarray) -> tuple[list[list[tuple[int, int]]], np.ndarray]:
         need = self.span(chunk)[1] * self.world * self.accum
-        mean = float(sum(pi * s.mean() for pi, s in zip(p, self.sizes)))
+        mean = float(sum(pi * m for pi, (_, m) in zip(p, self.stats)))
         n = max(need, int(need * self.max_tokens / mean * 0.9))
         best: tuple[list[np.ndarray], np.ndarray, np.ndarray] | None = None
         for _ in range(8):
             self.sampler.reseed(self.seed, self.stage, chunk)
             dirs = self.sampler.draw(n, p)
             ex = self._examples(dirs, cursors)
-            sizes = np.fromiter((self.sizes[d][i] for d, i in zip(dirs, ex)), dtype=np.int64, count=n)
+            sizes = np.empty(n, dtype=np.int64)
+            for d in np.unique(dirs):
+                sel = dirs == d
+                sizes[sel] = pair_sizes(self.splits[d], ex[sel])
             tie = rng_for(self.seed, self.stage, chunk, _TIE).random(n)
             order = np.lexsort((tie, sizes))
             batches = pack(sizes, order, self.max_tokens)
@@ -221,7 +225,8 @@ class BatchStream:
         dir_tokens: dict[int, int] = {}
         for mb in glob:
             for d, i in mb:
-                dir_tokens[self.dir_ids[d]] = dir_tokens.get(self.dir_ids[d], 0) + int(self.tgt_sizes[d][i])
+                dir_tokens[self.dir_ids[d]] = dir_tokens.get(self.dir_ids[d], 0) + int(
+                    self.splits[d].tgt_off[i + 1] - self.splits[d].tgt_off[i]) + 1
         mine = [glob[a * self.world + self.rank] for a in range(self.accum)]
         return StepBatches([collate(mb, self.splits, self.tags, self.dir_ids) for mb in mine],
                            sum(dir_tokens.values()), dir_tokens)

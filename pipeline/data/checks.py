@@ -19,16 +19,25 @@ def check_raw(raw: dict[tuple[str, str], RawSplit], data: DataConfig) -> list[st
     out = []
     for (n, split), r in raw.items():
         nonempty = empty_mask(r.src, r.tgt)
-        if split == "train" and not nonempty.any():
-            what = "the files hold no lines" if not r.src and not r.dropped else (
-                f"all {len(r.src)} are empty on a side" + (f", {sum(r.dropped.values())} invalid" if r.dropped else ""))
-            out.append(f"{n} train ({r.origin}): no pairs left after filtering ({what})")
+        if split == "train":
+            msg = train_unusable(n, r.origin, len(r.src), sum(r.dropped.values()), int(nonempty.sum()))
+            out += [msg] if msg else []
         elif split != "train" and not data.allow_eval_drops and (not nonempty.all() or r.dropped):
             none = np.zeros(len(r.src), dtype=bool)
             out.append(eval_drop_message(n, split, r, ~nonempty, none, none,
                                           Counter({**({"empty": int((~nonempty).sum())} if not nonempty.all() else {}),
                                                    **r.dropped})))
     return out
+
+
+def train_unusable(name: str, origin: str, valid: int, invalid: int, nonempty: int) -> str | None:
+    """The refusal for a train split with no usable pair (None when it has one): from its counts,
+    so the streaming passes and the in-memory check say the same."""
+    if nonempty:
+        return None
+    what = "the files hold no lines" if not valid and not invalid else (
+        f"all {valid} are empty on a side" + (f", {invalid} invalid" if invalid else ""))
+    return f"{name} train ({origin}): no pairs left after filtering ({what})"
 
 
 def eval_drop_message(name: str, split: str, rs: RawSplit, empty: np.ndarray, too_long: np.ndarray,

@@ -47,6 +47,27 @@ def _hasher(*parts: str) -> Any:
     return h
 
 
+def line_problem(line: bytes) -> str:
+    """Why a line is invalid ("" when it is not): a NUL byte, which no text holds, or bad UTF-8."""
+    if b"\0" in line:
+        return f"NUL byte at column {line.index(0) + 1}"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+    return ""
+
+
+def decode_lines(body: bytes) -> list[str | None]:
+    """The lines of `body` (joined by b"\n"), each decoded, or None where `line_problem` finds one."""
+    if b"\0" not in body:
+        try:
+            return body.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            pass
+    return [None if line_problem(line) else line.decode("utf-8") for line in body.split(b"\n")]
+
+
 class _LineDecoder:
     """Decodes a file's lines chunk by chunk; invalid ones (bad UTF-8, or a NUL byte, which no text
     holds) become None (skip mode) or errors (error mode), numbered from the file's first line."""
@@ -66,13 +87,9 @@ class _LineDecoder:
                 pass
         first = len(self.out) + 1
         for i, line in enumerate(body.split(b"\n"), first):
-            why = f"NUL byte at column {line.index(0) + 1}" if b"\0" in line else ""
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                why = why or f"invalid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+            why = line_problem(line)
             if not why:
-                self.out.append(text)
+                self.out.append(line.decode("utf-8"))
                 continue
             self.bad += 1
             self.out.append(None)
@@ -150,8 +167,11 @@ def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
         assert spec.path is not None
         h = _hasher(spec.format)
         lines = _read_text_file(spec.path, on_invalid, errors, h, stripped)
-        pairs = _parse_records(spec, lines, errors)
-        for part in (spec.src_field or "", spec.tgt_field or "", str(spec.src_column), str(spec.tgt_column)):
+        pairs, problems, bad = parse_records(spec, lines, 1)
+        errors.extend(problems[:MAX_LISTED])
+        if bad > MAX_LISTED:
+            errors.append(f"{spec.path}: ... and {bad - MAX_LISTED} more bad records")
+        for part in record_fields(spec):
             h.update(part.encode() + b"\0")
         fp = h.hexdigest()
     else:
@@ -170,16 +190,25 @@ def read_split(spec: SourceSpec, on_invalid: str, where: str) -> RawSplit:
     return out
 
 
-def _parse_records(
-    spec: SourceSpec, lines: list[str | None], errors: list[str]
-) -> list[tuple[str | None, str | None]]:
+def record_fields(spec: SourceSpec) -> tuple[str, ...]:
+    """What selects a record's two sides: part of a tsv/jsonl split's fingerprint."""
+    return (spec.src_field or "", spec.tgt_field or "", str(spec.src_column), str(spec.tgt_column))
+
+
+def parse_records(
+    spec: SourceSpec, lines: list[str | None], first: int
+) -> tuple[list[tuple[str | None, str | None]], list[str], int]:
+    """(pairs, problems, bad): one pair per line (None, None for an invalid line or a bad record),
+    numbered from `first`; the first MAX_LISTED bad records are named by file:line."""
     path = spec.path
     out: list[tuple[str | None, str | None]] = []
+    problems: list[str] = []
     bad = 0
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(lines, first):
         if line is None:
             out.append((None, None))
             continue
+        why = ""
         try:
             if spec.format == "tsv":
                 cols = line.split("\t")
@@ -187,25 +216,23 @@ def _parse_records(
             else:
                 rec = json.loads(line)
                 out.append((str(_field(rec, spec.src_field or "")), str(_field(rec, spec.tgt_field or ""))))
+            continue
         except IndexError:
-            bad += 1
-            if bad <= MAX_LISTED:
-                errors.append(f"{path}:{i}: has {len(line.split(chr(9)))} tab-separated columns, "
-                              f"needs column {max(spec.src_column, spec.tgt_column)}")
+            why = (f"has {len(line.split(chr(9)))} tab-separated columns, "
+                   f"needs column {max(spec.src_column, spec.tgt_column)}")
         except json.JSONDecodeError as exc:
-            bad += 1
-            if bad <= MAX_LISTED:
-                errors.append(f"{path}:{i}: invalid JSON ({exc.msg})")
+            why = f"invalid JSON ({exc.msg})"
         except KeyError as exc:
-            bad += 1
-            if bad <= MAX_LISTED:
-                errors.append(f"{path}:{i}: field {exc.args[0]!r} not found")
-    if bad > MAX_LISTED:
-        errors.append(f"{path}: ... and {bad - MAX_LISTED} more bad records")
-    return out
+            why = f"field {exc.args[0]!r} not found"
+        bad += 1
+        out.append((None, None))
+        if len(problems) < MAX_LISTED:
+            problems.append(f"{path}:{i}: {why}")
+    return out, problems, bad
 
 
-def _read_with_datasets(spec: SourceSpec, errors: list[str]) -> tuple[list[tuple[str | None, str | None]], str]:
+def load_dataset_source(spec: SourceSpec, errors: list[str]) -> Any:
+    """The split as a `datasets.Dataset` (memory-mapped Arrow), or None with an error."""
     import datasets  # heavy import, only for these formats
 
     try:
@@ -214,7 +241,7 @@ def _read_with_datasets(spec: SourceSpec, errors: list[str]) -> tuple[list[tuple
             if isinstance(ds, datasets.DatasetDict):
                 if spec.split is None or spec.split not in ds:
                     errors.append(f"{spec.path}: a DatasetDict; set split to one of {sorted(ds)}")
-                    return [], ""
+                    return None
                 ds = ds[spec.split]
         elif spec.format == "datasets":
             ds = datasets.load_dataset(spec.builder, data_files=spec.path, split=spec.split or "train")
@@ -222,6 +249,13 @@ def _read_with_datasets(spec: SourceSpec, errors: list[str]) -> tuple[list[tuple
             ds = datasets.load_dataset(spec.name, spec.config, split=spec.split)
     except Exception as exc:  # datasets raises many types; the user needs the message and the source
         errors.append(f"{spec.describe()}: could not load with the datasets library: {type(exc).__name__}: {exc}")
+        return None
+    return ds
+
+
+def _read_with_datasets(spec: SourceSpec, errors: list[str]) -> tuple[list[tuple[str | None, str | None]], str]:
+    ds = load_dataset_source(spec, errors)
+    if ds is None:
         return [], ""
     pairs: list[tuple[str | None, str | None]] = []
     for i, rec in enumerate(ds, 1):

@@ -1,4 +1,5 @@
-"""Tokenising a split on every core, chunk by chunk, into flat arrays.
+"""Tokenising on every core, chunk by chunk, into flat arrays; the worker pool the passes over a
+training split share.
 
 SentencePiece returns Python lists of ints (about 41 bytes per token before they become an int32
 array), and building those lists, not the C++ encoder, is what kept tokenising on about one core.
@@ -16,13 +17,19 @@ import itertools
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import sentencepiece as spm
 
-CHUNK = 20_000  # pairs per task: small enough to bound a worker's lists, large enough to amortise pickling
+from pipeline.data.chunks import CHUNK, ChunkSource, read_chunk
+from pipeline.data.filters import length_mask
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 _worker_sp: spm.SentencePieceProcessor | None = None
 
@@ -35,9 +42,9 @@ def ragged_ids(sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> tuple[np
     return flat, lens
 
 
-def _init(model: str) -> None:
+def _init(model: str | None) -> None:
     global _worker_sp
-    _worker_sp = spm.SentencePieceProcessor(model_file=model)
+    _worker_sp = None if model is None else spm.SentencePieceProcessor(model_file=model)
 
 
 def _encode_pair(chunk: tuple[list[str], list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -78,3 +85,58 @@ def select_rows(flat: np.ndarray, lens: np.ndarray, keep: np.ndarray) -> tuple[n
     off = np.zeros(len(kept_lens) + 1, dtype=np.int64)
     np.cumsum(kept_lens, out=off[1:])
     return flat[np.repeat(keep, lens)], off
+
+
+def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], workers: int, model: Path | None = None) -> Iterator[R]:
+    """fn(job) for each job, in order, on `workers` forked processes (each with the SentencePiece
+    `model` loaded), at most two jobs per worker in flight: memory stays bounded whatever the
+    number of jobs (a Pool's imap would queue them all)."""
+    init = None if model is None else str(model)
+    if workers <= 1:
+        _init(init)
+        yield from map(fn, jobs)
+        return
+    with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(init,)) as pool:
+        pending: deque[Any] = deque()
+        for job in jobs:
+            pending.append(pool.apply_async(fn, (job,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+EncodeJob = tuple[ChunkSource, int, int, float, bool]
+
+
+Encoded = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Counter[str], list[str], int]
+
+
+def encode_chunk(job: EncodeJob) -> Encoded:
+    """Read, validate, filter and tokenise chunk k of a split in this process: the kept pairs' (src
+    ids, src lengths, tgt ids, tgt lengths, 1-based source lines), what was dropped, by reason, and
+    the chunk's bad records (the first few, and how many).
+    `filtered`: apply the length filters (always for train; dev/test only with data.filter_eval)."""
+    assert _worker_sp is not None
+    source, k, max_len, max_ratio, filtered = job
+    c = read_chunk(source, k)
+    valid = [i for i, (s, t) in enumerate(zip(c.src, c.tgt)) if s is not None and t is not None]
+    drops: Counter[str] = Counter()
+    if len(valid) < len(c.src):
+        drops["invalid_utf8"] = len(c.src) - len(valid)
+    src = [c.src[i].strip() for i in valid]  # type: ignore[union-attr]
+    tgt = [c.tgt[i].strip() for i in valid]  # type: ignore[union-attr]
+    full = [j for j, (s, t) in enumerate(zip(src, tgt)) if s and t]
+    if len(full) < len(src):
+        drops["empty"] = len(src) - len(full)
+    s_ids, s_lens = ragged_ids(_worker_sp, [src[j] for j in full])
+    t_ids, t_lens = ragged_ids(_worker_sp, [tgt[j] for j in full])
+    keep = np.ones(len(full), dtype=bool)
+    if filtered:
+        too_long, bad_ratio = length_mask(s_lens, t_lens, max_len, max_ratio)
+        drops.update({why: int(m.sum()) for why, m in (("too_long", too_long), ("bad_ratio", bad_ratio)) if m.any()})
+        keep = ~too_long & ~bad_ratio
+    s_ids, s_off = select_rows(s_ids, s_lens, keep)
+    t_ids, t_off = select_rows(t_ids, t_lens, keep)
+    lines = c.first + 1 + np.asarray(valid, dtype=np.int64)[np.asarray(full, dtype=np.int64)[keep]]
+    return s_ids, np.diff(s_off), t_ids, np.diff(t_off), lines, drops, c.problems, c.bad

@@ -4,6 +4,12 @@ The cache is keyed by content: each split by the hash of its bytes, the filter s
 tokenizer model's bytes; the tokenizer by the hash of every training split and its own config.
 A second run over the same data therefore neither retrains the tokenizer nor tokenises again, and,
 while the files' stat is unchanged, reads none of their text (`fingerprints.py`).
+
+Training splits stream: a byte-level pass (`scan.py`) fingerprints and validates each file and
+cuts it into chunks; one pass on every core (`sample.py`) counts and draws the tokenizer's
+sample; one more (`encode.encode_chunk`) tokenises chunk by chunk into the store's appendable
+arrays. Memory is bounded by a chunk per worker and the tokenizer's sample, whatever the size.
+Dev and test are small and exact: read whole (`corpus.read_split`) and kept with their text.
 """
 
 from __future__ import annotations
@@ -21,17 +27,20 @@ import numpy as np
 
 from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
 from pipeline.core.typed_yaml import to_plain
-from pipeline.data.checks import check_raw, eval_drop_message
+from pipeline.data.checks import check_raw, eval_drop_message, train_unusable
+from pipeline.data.chunks import ChunkSource, merge_problems, open_source
 from pipeline.data.corpus import DataError, RawSplit, read_split
-from pipeline.data.encode import encode_pairs, select_rows
-from pipeline.data.filters import count, empty_mask, length_mask
+from pipeline.data.encode import encode_chunk, encode_pairs, ordered_map, select_rows, workers_here
+from pipeline.data.filters import REASONS, count, empty_mask, length_mask
 from pipeline.data.fingerprints import remember, remembered, stat_key
 from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
-from pipeline.data.store import TokenSplit, load_split, save_split
+from pipeline.data.progress import Progress
+from pipeline.data.sample import SplitCounts, sample_pass
+from pipeline.data.store import SplitWriter, TokenSplit, load_split, save_split
 from pipeline.data.summary import SPLITS, format_summary
-from pipeline.data.tokenizer import Tokenizer, model_digest, train_tokenizer
+from pipeline.data.tokenizer import Tokenizer, model_digest, train_on, train_tokenizer
 
-CACHE_VERSION = "2"  # 2: a leading BOM is stripped on read
+CACHE_VERSION = "3"  # 2: a leading BOM is stripped on read; 3: the appendable store (store.FORMAT 3)
 Log = Callable[[str], None]
 
 
@@ -79,17 +88,31 @@ def _specs(manifest: Manifest) -> list[tuple[str, str, SourceSpec]]:
     return out
 
 
-def read_all(manifest: Manifest, on_invalid: str) -> dict[tuple[str, str], RawSplit]:
-    """Read every split, collecting every data error before raising (one report, not one per run)."""
+def open_splits(manifest: Manifest, on_invalid: str) -> tuple[dict[str, ChunkSource], dict[tuple[str, str], RawSplit]]:
+    """Every training split's first pass (`chunks.open_source`) and every dev/test split read whole,
+    collecting every data error before raising (one report, not one per run)."""
     errors: list[str] = []
-    out: dict[tuple[str, str], RawSplit] = {}
+    sources: dict[str, ChunkSource] = {}
+    evals: dict[tuple[str, str], RawSplit] = {}
     for name, split, spec in _specs(manifest):
         try:
-            out[(name, split)] = read_split(spec, on_invalid, f"{name} {split}")
+            if split == "train":
+                sources[name] = open_source(spec, on_invalid, f"{name} {split}")
+            else:
+                evals[(name, split)] = read_split(spec, on_invalid, f"{name} {split}")
         except DataError as exc:
             errors.extend(exc.errors)
     if errors:
         raise DataError(errors)
+    return sources, evals
+
+
+def count_problems(sources: dict[str, ChunkSource], counts: dict[str, SplitCounts]) -> list[str]:
+    """`train_unusable` for each training split, from a pass's counts."""
+    out = []
+    for name, c in counts.items():
+        msg = train_unusable(name, sources[name].origin, c.seen - c.invalid, c.invalid, c.seen - c.invalid - c.empty)
+        out += [msg] if msg else []
     return out
 
 
@@ -117,19 +140,22 @@ def prepare_corpus(
                               {k: str(fp) for k, fp in known.items()}, log)
         if opened is not None:
             return opened
-    raw = read_all(manifest, data.on_invalid)
-    problems = check_raw(raw, data)
+    sources, evals = open_splits(manifest, data.on_invalid)
+    problems = check_raw(evals, data)
     if problems:
         raise DataError(problems)
-    fps = {k: r.fingerprint for k, r in raw.items()}
+    fps = {**{(n, "train"): src.fingerprint for n, src in sources.items()},
+           **{k: r.fingerprint for k, r in evals.items()}}
+    origins = {(name, split): spec.describe() for name, split, spec in _specs(manifest)}
+    workers = workers_here()
     if tokenizer_path is None:
-        tokenizer = _tokenizer(manifest, raw, tok_cfg, root, log)
+        tokenizer = _tokenizer(manifest, sources, tok_cfg, root, log, workers)
     else:
         tokenizer = Tokenizer(tokenizer_path)
     token_path = _token_paths(root, tokenizer, data)
-    splits: dict[tuple[str, str], TokenSplit] = {}
+    loaded: dict[tuple[str, str], TokenSplit] = {}
     errors: list[str] = []
-    for (name, split), rs in raw.items():
+    for (name, split), rs in evals.items():
         path = token_path(rs.fingerprint, split)
         ts = load_split(path)
         if ts is None:
@@ -139,12 +165,58 @@ def prepare_corpus(
                 errors.extend(exc.errors)
                 continue
             save_split(path, ts)
-        splits[(name, split)] = ts
+        loaded[(name, split)] = ts
+    todo = {n: s for n, s in sources.items() if load_split(token_path(s.fingerprint, "train")) is None}
+    progress = Progress("tokenising", sum(s.pairs for s in todo.values()), log)
+    for name, src in sources.items():
+        path = token_path(src.fingerprint, "train")
+        try:
+            loaded[(name, "train")] = _encode_train(src, tokenizer, data, path, workers, progress.tick) \
+                if name in todo else load_split(path)  # type: ignore[assignment]
+        except DataError as exc:
+            errors.extend(exc.errors)
+    progress.close()
     if errors:
         raise DataError(errors)
-    for k, rs in raw.items():  # only now: a split is remembered once everything built from it is cached
-        remember(root, keys[k], rs.fingerprint, rs.origin)
-    return _assemble(manifest, mpath, tokenizer, splits, fps, {k: r.origin for k, r in raw.items()}, log)
+    for k, key in keys.items():  # only now: a split is remembered once everything built from it is cached
+        remember(root, key, fps[k], origins[k])
+    ordered = {(n, s): loaded[(n, s)] for n, s, _ in _specs(manifest)}
+    return _assemble(manifest, mpath, tokenizer, ordered, fps, origins, log)
+
+
+def _encode_train(source: ChunkSource, tok: Tokenizer, cfg: DataConfig, path: Path, workers: int,
+                  tick: Callable[[int], None]) -> TokenSplit:
+    """Tokenise a training split chunk by chunk on `workers` processes into a new cache entry."""
+    jobs = ((source, k, cfg.max_len, cfg.max_len_ratio, True) for k in range(source.chunks))
+    drops: dict[str, int] = dict.fromkeys(REASONS, 0)
+    problems: list[tuple[list[str], int]] = []
+    with SplitWriter(path) as writer:
+        for s_ids, s_lens, t_ids, t_lens, lines, dropped, probs, bad in ordered_map(encode_chunk, jobs, workers,
+                                                                                    tok.path):
+            writer.append(s_ids, s_lens, t_ids, t_lens, lines)
+            for why, n in dropped.items():
+                drops[why] += n
+            problems.append((probs, bad))
+            tick(len(lines) + sum(dropped.values()))
+        bad_records = merge_problems(problems, source.spec.path or "")
+        if bad_records:
+            raise DataError(bad_records)
+        invalid, empty = drops["invalid_utf8"], drops["empty"]
+        unusable = train_unusable(source.where.split()[0], source.origin, source.pairs - invalid, invalid,
+                                  source.pairs - invalid - empty)
+        if unusable:
+            raise DataError([unusable])
+        # the order the in-memory path reports them in: filters first, then what reading dropped
+        dropped_all = {why: drops[why] for why in ("empty", "too_long", "bad_ratio", "invalid_utf8") if drops[why]}
+        if not writer.pairs:
+            raise DataError([f"{source.where} ({source.origin}): no pairs left after filtering "
+                             f"(dropped: {dropped_all}); check the files or data.max_len / data.max_len_ratio"])
+        meta = {"seen": source.pairs, "dropped": dropped_all, "origin": source.origin,
+                **({"stripped": source.stripped} if source.stripped else {})}
+        writer.commit(None, meta)
+    out = load_split(path)
+    assert out is not None
+    return out
 
 
 def _token_paths(root: Path, tokenizer: Tokenizer, data: DataConfig) -> Callable[[str, str], Path]:
@@ -204,23 +276,31 @@ def _tokenizer_path(manifest: Manifest, train_fps: dict[str, str], cfg: Tokenize
     return root / "tokenizers" / key / "spm.model"
 
 
-def _tokenizer(manifest: Manifest, raw: dict[tuple[str, str], RawSplit], cfg: TokenizerConfig, root: Path,
-               log: Log) -> Tokenizer:
+def _tokenizer(manifest: Manifest, sources: dict[str, ChunkSource], cfg: TokenizerConfig, root: Path,
+               log: Log, workers: int) -> Tokenizer:
     langs = manifest.languages
-    path = _tokenizer_path(manifest, {d.name: raw[(d.name, "train")].fingerprint for d in manifest.directions}, cfg, root)
+    path = _tokenizer_path(manifest, {d.name: sources[d.name].fingerprint for d in manifest.directions}, cfg, root)
     if path.is_file():
         log(f"tokenizer: cached {path}")
         return Tokenizer(path)
-    texts: dict[str, dict[str, None]] = {lang: {} for lang in langs}
-    for d in manifest.directions:
-        rs = raw[(d.name, "train")]
-        for s, t in zip(rs.src, rs.tgt):
-            if s and t:  # the same pairs training will see: empty ones are dropped
-                texts[d.src][s] = None
-                texts[d.tgt][t] = None
-    log(f"tokenizer: training {cfg.model_type} vocab {cfg.vocab_size} on {sum(map(len, texts.values()))} "
-        f"distinct sentences (τ={cfg.temperature})")
-    tok = train_tokenizer({k: list(v) for k, v in texts.items()}, langs, cfg, path)
+    progress = Progress("tokenizer sample", sum(s.pairs for s in sources.values()), log)
+    drawn = sample_pass(manifest, sources, cfg, workers, progress.tick)
+    progress.close()
+    errors = drawn.problems + count_problems(sources, drawn.counts)
+    if errors:
+        raise DataError(errors)
+    per_lang = {lang: len(v) for lang, v in sorted(drawn.texts.items())}
+    if drawn.distinct:
+        log(f"tokenizer: training {cfg.model_type} vocab {cfg.vocab_size} on {sum(per_lang.values())} "
+            f"distinct sentences (τ={cfg.temperature})")
+        tok = train_tokenizer(drawn.texts, langs, cfg, path, threads=workers)
+    else:
+        log(f"tokenizer: training {cfg.model_type} vocab {cfg.vocab_size} on a sample of {sum(per_lang.values())} "
+            f"sentences (τ={cfg.temperature}, at most tokenizer.max_sentences={cfg.max_sentences}): "
+            + ", ".join(f"{lang} {n}" for lang, n in per_lang.items()))
+        tok = train_on([s for lang in sorted(drawn.texts) for s in drawn.texts[lang]], langs, cfg, path, workers)
+    sample_file = path.with_name("sample.json")
+    sample_file.write_text(json.dumps({"distinct": drawn.distinct, "sentences": per_lang}, indent=1) + "\n")
     return tok
 
 

@@ -90,16 +90,25 @@ def sample_training_text(
 
 
 def train_tokenizer(
-    texts_by_lang: dict[str, Sequence[str]], languages: Sequence[str], cfg: TokenizerConfig, out_path: Path
+    texts_by_lang: dict[str, Sequence[str]], languages: Sequence[str], cfg: TokenizerConfig, out_path: Path,
+    threads: int = 2,
 ) -> Tokenizer:
-    """Train the joint model into `out_path` (the .model file) and return it."""
-    sentences = [s for s in sample_training_text(texts_by_lang, cfg.temperature, cfg.max_sentences, cfg.seed) if s]
+    """Train the joint model into `out_path` (the .model file) on a τ-weighted sample of
+    `texts_by_lang` and return it."""
+    sentences = sample_training_text(texts_by_lang, cfg.temperature, cfg.max_sentences, cfg.seed)
+    return train_on(sentences, languages, cfg, out_path, threads)
+
+
+def train_on(sentences: list[str], languages: Sequence[str], cfg: TokenizerConfig, out_path: Path,
+             threads: int = 2) -> Tokenizer:
+    """Train the joint model into `out_path` on exactly these sentences (empty ones skipped)."""
+    sentences = [s for s in sentences if s]
     if not sentences:
         raise ValueError("no training text for the tokenizer")
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)
     try:
-        _train(sentences, model, languages, cfg)
+        _train(sentences, model, languages, cfg, threads)
     except RuntimeError as exc:
         # SentencePiece's own message says which limit was hit; say which recipe key sets it.
         raise ConfigError([f"tokenizer.vocab_size: {cfg.vocab_size} does not fit this corpus "
@@ -111,7 +120,8 @@ def train_tokenizer(
     return Tokenizer(out_path)
 
 
-def _train(sentences: list[str], model: io.BytesIO, languages: Sequence[str], cfg: TokenizerConfig) -> None:
+def _train(sentences: list[str], model: io.BytesIO, languages: Sequence[str], cfg: TokenizerConfig,
+           threads: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
@@ -129,6 +139,6 @@ def _train(sentences: list[str], model: io.BytesIO, languages: Sequence[str], cf
         # Small corpora cannot always fill the vocabulary: take what exists instead of failing.
         hard_vocab_limit=False,
         max_sentence_length=1 << 15,
-        num_threads=2,
+        num_threads=max(1, threads),
         minloglevel=2,
     )

@@ -13,9 +13,12 @@ from pipeline.curriculum.recipe import load_recipe
 from pipeline.data.checks import check_raw
 from pipeline.data.corpus import DataError
 from pipeline.data.demo import build_demo_corpus
+from pipeline.data.encode import workers_here
 from pipeline.data.filters import empty_mask
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import cache_root, prepare_corpus, read_all
+from pipeline.data.prepare import cache_root, count_problems, open_splits, prepare_corpus
+from pipeline.data.progress import Progress
+from pipeline.data.sample import sample_pass
 from pipeline.data.summary import SPLITS, format_summary
 
 
@@ -27,28 +30,34 @@ def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> st
     # The checks `mmtc run` makes before its tokenizer, with the recipe defaults (on_invalid: error,
     # allow_eval_drops: false); check a recipe instead to use its data: settings.
     defaults = DataConfig()
-    raw = read_all(manifest, defaults.on_invalid)
-    problems = check_raw(raw, defaults)
+    sources, evals = open_splits(manifest, defaults.on_invalid)
+    progress = Progress("checking", sum(s.pairs for s in sources.values()), print)
+    counted = sample_pass(manifest, sources, None, workers_here(), progress.tick)  # streams: any size
+    progress.close()
+    problems = counted.problems + count_problems(sources, counted.counts) + check_raw(evals, defaults)
     if problems:
         raise DataError(problems)
     lines = [f"{path}: {len(manifest.directions)} directions, languages {', '.join(manifest.languages)}",
              "pairs per split (empty train pairs would be dropped):"]
     for d in manifest.directions:
-        cells = []
-        for split in SPLITS:
-            rs = raw.get((d.name, split))
-            if rs is None:
-                continue
-            empty = int((~empty_mask(rs.src, rs.tgt)).sum())
-            bad = rs.dropped.get("invalid_utf8", 0)
-            extra = ", ".join(x for x in (f"{empty} empty" if empty else "", f"{bad} invalid UTF-8" if bad else "") if x)
-            cells.append(f"{split} {len(rs.src) + bad}" + (f" ({extra})" if extra else ""))
+        c = counted.counts[d.name]
+        cells = [_cell("train", c.seen, c.empty, c.invalid)]
+        for split in SPLITS[1:]:
+            rs = evals.get((d.name, split))
+            if rs is not None:
+                bad = rs.dropped.get("invalid_utf8", 0)
+                cells.append(_cell(split, len(rs.src) + bad, int((~empty_mask(rs.src, rs.tgt)).sum()), bad))
         lines.append(f"  {d.name}" + (f" [{d.group}]" if d.group else "") + ": " + "; ".join(cells))
     groups = manifest.groups()
     if groups:
         lines.append("groups: " + "; ".join(f"{g}: {', '.join(n)}" for g, n in groups.items()))
     lines.append("ok")
     return "\n".join(lines)
+
+
+def _cell(split: str, seen: int, empty: int, bad: int) -> str:
+    extra = ", ".join(x for x in (f"{empty} empty" if empty else "", f"{bad} invalid UTF-8" if bad else "") if x)
+    return f"{split} {seen}" + (f" ({extra})" if extra else "")
 
 
 def _check_recipe(path: str, overrides: list[str] | tuple[str, ...]) -> str:

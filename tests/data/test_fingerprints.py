@@ -34,13 +34,13 @@ def open_(cfg, m, logs=None):
 
 def reads(monkeypatch):
     calls = []
-    real = prepare.read_all
+    real = prepare.open_splits
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(prepare, "read_all", counting)
+    monkeypatch.setattr(prepare, "open_splits", counting)
     return calls
 
 
