@@ -20,7 +20,7 @@ from data_scale import step  # benchmarks/, the script's own folder, is on sys.p
 
 from pipeline.config import DataConfig, TokenizerConfig
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import prepare_corpus, read_all
+from pipeline.data.prepare import open_splits, prepare_corpus
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     data = DataConfig(corpus=args.manifest, cache_dir=cache, allow_eval_drops=True)
     tok = TokenizerConfig(vocab_size=args.vocab)
     t = time.perf_counter()
-    raw = read_all(load_manifest(args.manifest), "error")
+    sources, evals = open_splits(load_manifest(args.manifest), "error")  # train: the byte-level pass
     read_s = time.perf_counter() - t
-    pairs = sum(len(r.src) for r in raw.values())
+    pairs = sum(s.pairs for s in sources.values()) + sum(len(r.src) for r in evals.values())
     t = time.perf_counter()
     corpus = prepare_corpus(data, tok, log=lambda _m: None, manifest_path=Path(args.manifest))
     cold_s = time.perf_counter() - t

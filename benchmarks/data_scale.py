@@ -33,16 +33,34 @@ GROW = "eng-deu"
 STEP = """
 import json, resource, sys, time
 from pathlib import Path
+import numpy as np
+from pipeline.balance.static import TemperatureParams, TemperatureSampler
 from pipeline.config import DataConfig, TokenizerConfig
+from pipeline.data.batches import BatchStream
 from pipeline.data.prepare import prepare_corpus
 t = time.perf_counter()
 c = prepare_corpus(DataConfig(corpus=sys.argv[1], cache_dir=sys.argv[2], allow_eval_drops=True),
                    TokenizerConfig(vocab_size=int(sys.argv[3])), log=lambda _m: None, manifest_path=Path(sys.argv[1]))
 wall = time.perf_counter() - t
-ru = resource.getrusage(resource.RUSAGE_SELF)
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 peak = [int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
-print(json.dumps({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": peak,
-                  "pairs": sum(len(s) for s in c.splits["train"].values())}))
+row = {"wall_s": wall, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, "peak_rss_mb": peak,
+       "worker_peak_rss_mb": kids.ru_maxrss / 1024, "pairs": sum(len(s) for s in c.splits["train"].values())}
+steps = int(sys.argv[4])
+if steps:
+    names = list(c.splits["train"])
+    splits = [c.splits["train"][n] for n in names]
+    tags = [c.tokenizer.tag_id(n.split("-")[1]) for n in names]
+    sampler = TemperatureSampler(names, [len(s) for s in splits], TemperatureParams(temperature=5.0))
+    stream = BatchStream(splits, list(range(len(names))), tags, sampler, seed=1, stage=0, max_tokens=4096, chunk_steps=100)
+    times = []
+    for k in range(steps):
+        t = time.perf_counter()
+        stream.step_batches(k)
+        times.append(time.perf_counter() - t)
+    row["batch_ms_per_step"] = 1000 * float(np.median(times))
+    row["batch_ms_per_step_mean"] = 1000 * float(np.mean(times))
+print(json.dumps(row))
 """
 
 
@@ -80,10 +98,13 @@ def grown(n: int, work: Path) -> Path:
     return out
 
 
-def step(manifest: Path, cache: Path, vocab: int = 8000) -> dict[str, float]:
+def step(manifest: Path, cache: Path, vocab: int = 8000, steps: int = 0) -> dict[str, float]:
     """Prepare (or, with a filled cache, open) the corpus in a fresh process: its wall and CPU
-    seconds (imports not counted) and peak RSS."""
-    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache), str(vocab)], capture_output=True, text=True,
+    seconds (imports not counted; the worker processes' CPU included), peak RSS of the process and
+    of its largest worker and, with `steps`, the median time per step of planning and collating
+    a step's batches (4096-token micro-batches, τ=5) over the opened corpus."""
+    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache), str(vocab), str(steps)],
+                         capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -97,6 +118,7 @@ def du(path: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0,1000000", help="comma-separated corpus sizes in pairs (0: as it is)")
+    ap.add_argument("--steps", type=int, default=500, help="batch steps timed after the warm open")
     ap.add_argument("--work", default="/tmp/mmtc-scale", help="where the grown corpora and caches go")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "data_scale.json"))
     args = ap.parse_args()
@@ -109,17 +131,19 @@ def main() -> None:
         cache = work / f"cache-{n}"
         shutil.rmtree(cache, ignore_errors=True)
         cold = step(manifest, cache)
-        warm = step(manifest, cache)
+        warm = step(manifest, cache, steps=args.steps)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
         row = {"code": commit, "pairs": cold["pairs"], "cold": cold, "warm": warm, "cache_mb": round(du(cache) / 2**20, 1),
                "cold_pairs_per_s": round(cold["pairs"] / cold["wall_s"]), "cores_used_cold": round(cold["cpu_s"] / cold["wall_s"], 2)}
         results["rows"][str(n)] = row
         print(f"{row['pairs']:>10} pairs: cold {cold['wall_s']:.1f} s ({row['cold_pairs_per_s']} pairs/s, "
               f"{row['cores_used_cold']} cores, peak {cold['peak_rss_mb']:.0f} MB, cache {row['cache_mb']} MB); "
-              f"warm open {warm['wall_s']:.2f} s (peak {warm['peak_rss_mb']:.0f} MB)", flush=True)
+              f"warm open {warm['wall_s']:.2f} s (peak {warm['peak_rss_mb']:.0f} MB); "
+              f"batches {warm.get('batch_ms_per_step', 0):.2f} ms/step", flush=True)
         shutil.rmtree(cache, ignore_errors=True)
     results["machine"] = f"{os.cpu_count()}-core CPU, {os.uname().sysname}"
-    results["how"] = "one run per size; each step a fresh process; tokenizer 8K unigram, default filters"
+    results["how"] = ("one run per size; each step a fresh process; tokenizer 8K unigram, default filters; CPU "
+                      "includes the worker processes; batch ms/step: median over --steps steps after the warm open")
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1))
 

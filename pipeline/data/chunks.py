@@ -42,10 +42,11 @@ class ChunkSource:
     fingerprint: str
     files: tuple[FileScan, ...] = ()  # text: (src, tgt); tsv, jsonl: (file,)
     dataset: str = ""  # key into _DATASETS
+    chunk: int = CHUNK  # pairs per chunk (the scan cut the files by it)
 
     @property
     def chunks(self) -> int:
-        return -(-self.pairs // CHUNK)
+        return -(-self.pairs // self.chunk)
 
     @property
     def origin(self) -> str:
@@ -71,7 +72,7 @@ def open_source(spec: SourceSpec, on_invalid: str, where: str) -> ChunkSource:
         if errors:
             raise DataError(errors)
         files = tuple(s for s in scans if s is not None)
-        return ChunkSource(spec, where, files[0].lines, h.hexdigest(), files)
+        return ChunkSource(spec, where, files[0].lines, h.hexdigest(), files, chunk=CHUNK)
     if spec.format in ("tsv", "jsonl"):
         assert spec.path is not None
         h = _hasher(spec.format)
@@ -80,7 +81,7 @@ def open_source(spec: SourceSpec, on_invalid: str, where: str) -> ChunkSource:
             raise DataError(errors)
         for part in record_fields(spec):
             h.update(part.encode() + b"\0")
-        return ChunkSource(spec, where, scan.lines, h.hexdigest(), (scan,))
+        return ChunkSource(spec, where, scan.lines, h.hexdigest(), (scan,), chunk=CHUNK)
     return _open_dataset(spec, where)
 
 
@@ -97,7 +98,8 @@ def _open_dataset(spec: SourceSpec, where: str) -> ChunkSource:
         h.update("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)).encode())
     key = f"{spec.describe()}#{len(_DATASETS)}"
     _DATASETS[key] = ds
-    return ChunkSource(spec, where, len(ds), _hasher(spec.describe(), h.hexdigest()).hexdigest(), dataset=key)
+    return ChunkSource(spec, where, len(ds), _hasher(spec.describe(), h.hexdigest()).hexdigest(), dataset=key,
+                       chunk=CHUNK)
 
 
 def _dataset_rows(ds: Any, spec: SourceSpec, a: int, b: int) -> tuple[list[str], list[str], list[str]]:
@@ -138,14 +140,14 @@ def _lines(scan: FileScan, k: int) -> list[str | None]:
 
 def read_chunk(source: ChunkSource, k: int) -> Chunk:
     """Chunk k of a split, read by whichever process calls this."""
-    first = k * CHUNK
+    first = k * source.chunk
     spec = source.spec
     if spec.format == "text":
         return Chunk(_lines(source.files[0], k), _lines(source.files[1], k), first, [], 0)
     if spec.format in ("tsv", "jsonl"):
         pairs, problems, bad = parse_records(spec, _lines(source.files[0], k), first + 1)
         return Chunk([s for s, _ in pairs], [t for _, t in pairs], first, problems[:MAX_LISTED], bad)
-    src, tgt, problems = _dataset_rows(_DATASETS[source.dataset], spec, first, min(source.pairs, first + CHUNK))
+    src, tgt, problems = _dataset_rows(_DATASETS[source.dataset], spec, first, min(source.pairs, first + source.chunk))
     return Chunk(list(src), list(tgt), first, problems, len(problems))
 
 

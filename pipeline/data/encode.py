@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +48,15 @@ def _init(model: str | None) -> None:
     _worker_sp = None if model is None else spm.SentencePieceProcessor(model_file=model)
 
 
+def _worker_init(model: str | None) -> None:
+    # A fork inherits the parent's handlers: a preemption handler that only sets a flag would make
+    # the pool's SIGTERM unable to stop its workers. Ctrl-C is the parent's to handle.
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init(model)
+
+
 def _encode_pair(chunk: tuple[list[str], list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     assert _worker_sp is not None
     return (*ragged_ids(_worker_sp, chunk[0]), *ragged_ids(_worker_sp, chunk[1]))
@@ -67,12 +77,7 @@ def encode_pairs(model: Path, src: Sequence[str], tgt: Sequence[str], workers: i
     """(src ids, src lengths, tgt ids, tgt lengths) of every pair, flat."""
     n = workers if workers is not None else workers_here()
     chunks = [(list(src[i:i + CHUNK]), list(tgt[i:i + CHUNK])) for i in range(0, len(src), CHUNK)]
-    if n <= 1 or len(chunks) <= 1:
-        _init(str(model))
-        parts = [_encode_pair(c) for c in chunks]
-    else:
-        with mp.get_context("fork").Pool(min(n, len(chunks)), initializer=_init, initargs=(str(model),)) as pool:
-            parts = pool.map(_encode_pair, chunks, chunksize=1)
+    parts = list(ordered_map(_encode_pair, chunks, min(n, len(chunks)), model))
     if not parts:
         empty_ids, empty_lens = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
         return empty_ids, empty_lens, empty_ids, empty_lens
@@ -96,7 +101,8 @@ def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], workers: int, model: Pa
         _init(init)
         yield from map(fn, jobs)
         return
-    with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(init,)) as pool:
+    pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(init,))
+    try:
         pending: deque[Any] = deque()
         for job in jobs:
             pending.append(pool.apply_async(fn, (job,)))
@@ -104,6 +110,10 @@ def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], workers: int, model: Pa
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+        pool.close()  # the workers finish and exit on their own
+    finally:
+        pool.terminate()  # an error or an abandoned generator: stop them now
+        pool.join()
 
 
 EncodeJob = tuple[ChunkSource, int, int, float, bool]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.checks import check_raw, eval_drop_message, train_unusable
 from pipeline.data.chunks import ChunkSource, merge_problems, open_source
@@ -122,6 +123,33 @@ def load_corpus(recipe: RecipeConfig, tokenizer: Path, log: Log = print) -> Prep
     return prepare_corpus(recipe.data, recipe.tokenizer, log=log, tokenizer_path=tokenizer if tokenizer.is_file() else None)
 
 
+def record_corpus(corpus: PreparedCorpus, path: Path) -> None:
+    """Write what `open_recorded` needs to open this corpus again: each split's fingerprint."""
+    parts = {k: v["fingerprint"] for k, v in corpus.parts.items()}
+    atomic_write_text(path, json.dumps({"version": CACHE_VERSION, "fingerprints": parts}, indent=1) + "\n")
+
+
+def open_recorded(recipe: RecipeConfig, tokenizer: Path, record: Path, log: Log = print) -> PreparedCorpus:
+    """The corpus a run's launcher (or rank 0) prepared, opened from the cache by the fingerprints
+    it recorded in the run directory: no text read and no file's stat taken, so every other rank,
+    `mmtc eval` and `mmtc report` open it in the same fraction of a second whatever its size and
+    format. Without a record (a run from before it) or a cache entry, `load_corpus`."""
+    try:
+        rec = json.loads(record.read_text())
+    except (OSError, ValueError):
+        rec = {}
+    if rec.get("version") == CACHE_VERSION and tokenizer.is_file():
+        mpath = resolve_manifest(recipe.data, log)
+        manifest = load_manifest(mpath)
+        fps = {(n, s): rec.get("fingerprints", {}).get(f"{n} {s}") for n, s, _ in _specs(manifest)}
+        if all(fps.values()):
+            opened = _open_cached(manifest, mpath, recipe.data, recipe.tokenizer, cache_root(recipe.data), tokenizer,
+                                  {k: str(v) for k, v in fps.items()}, log, why=f"by the keys in {record}")
+            if opened is not None:
+                return opened
+    return load_corpus(recipe, tokenizer, log)
+
+
 def prepare_corpus(
     data: DataConfig, tok_cfg: TokenizerConfig, log: Log = print, manifest_path: Path | None = None,
     tokenizer_path: Path | None = None,
@@ -191,8 +219,8 @@ def _encode_train(source: ChunkSource, tok: Tokenizer, cfg: DataConfig, path: Pa
     drops: dict[str, int] = dict.fromkeys(REASONS, 0)
     problems: list[tuple[list[str], int]] = []
     with SplitWriter(path) as writer:
-        for s_ids, s_lens, t_ids, t_lens, lines, dropped, probs, bad in ordered_map(encode_chunk, jobs, workers,
-                                                                                    tok.path):
+        for s_ids, s_lens, t_ids, t_lens, lines, dropped, probs, bad in ordered_map(
+                encode_chunk, jobs, min(workers, source.chunks), tok.path):
             writer.append(s_ids, s_lens, t_ids, t_lens, lines)
             for why, n in dropped.items():
                 drops[why] += n
@@ -229,7 +257,9 @@ def _token_paths(root: Path, tokenizer: Tokenizer, data: DataConfig) -> Callable
 
 
 def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: TokenizerConfig, root: Path,
-                 tokenizer_path: Path | None, fps: dict[tuple[str, str], str], log: Log) -> PreparedCorpus | None:
+                 tokenizer_path: Path | None, fps: dict[tuple[str, str], str], log: Log,
+                 why: str = "the files' size, mtime and inode are unchanged, MMTC_REHASH=1 hashes them again",
+                 ) -> PreparedCorpus | None:
     """The corpus from the cache alone, or None when any part of it is not cached."""
     if tokenizer_path is None:
         path = _tokenizer_path(manifest, {d.name: fps[(d.name, "train")] for d in manifest.directions}, tok_cfg, root)
@@ -246,8 +276,7 @@ def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: Tok
             return None
         splits[(name, split)] = ts
     origins = {(name, split): spec.describe() for name, split, spec in _specs(manifest)}
-    log(f"corpus: opened from the cache ({len(splits)} splits; no text read: the files' size, mtime and inode "
-        "are unchanged, MMTC_REHASH=1 hashes them again)")
+    log(f"corpus: opened from the cache ({len(splits)} splits; no text read: {why})")
     return _assemble(manifest, mpath, tokenizer, splits, fps, origins, log)
 
 

@@ -17,14 +17,13 @@ class Progress:
         self.label, self.total, self.log, self.unit, self.every_s, self.clock = label, total, log, unit, every_s, clock
         self.done, self.start = 0, clock()
         self.last = self.start
-        self.shown = False
+        self.shown = -1  # `done` at the last line written (-1: none yet)
 
     def tick(self, n: int) -> None:
         self.done += n
         now = self.clock()
         if now - self.last >= self.every_s:
-            self.last = now
-            self.shown = True
+            self.last, self.shown = now, self.done
             self.log(self.line(now))
 
     def line(self, now: float) -> str:
@@ -37,7 +36,8 @@ class Progress:
                 f"{_si(rate)} {self.unit}/s, {'ETA ' + _clock(eta) if eta else _clock(elapsed)}")
 
     def close(self) -> None:
-        if self.shown:
+        if 0 <= self.shown < self.done:
+            self.shown = self.done
             self.log(self.line(self.clock()))
 
 

@@ -24,7 +24,7 @@ from pipeline.config import TokenizerConfig
 from pipeline.core.mixing import temperature_probs
 from pipeline.core.permutation import KeyedPermutation
 from pipeline.core.rng import rng_for
-from pipeline.data.chunks import CHUNK, ChunkSource, merge_problems, read_chunk
+from pipeline.data.chunks import ChunkSource, merge_problems, read_chunk
 from pipeline.data.encode import ordered_map
 from pipeline.data.manifest import Manifest
 
@@ -88,11 +88,11 @@ def sample_chunk(job: SampleJob) -> tuple[SplitCounts, list[str], int, list[str]
 def _jobs(manifest: Manifest, sources: dict[str, ChunkSource], wanted: Wanted | None):  # type: ignore[no-untyped-def]
     for d in manifest.directions:
         src = sources[d.name]
-        bounds = np.arange(src.chunks + 1, dtype=np.int64) * CHUNK
+        bounds = np.arange(src.chunks + 1, dtype=np.int64) * src.chunk
         cut = {side: None if wanted is None else np.searchsorted(wanted[(d.name, side)], bounds)
                for side in ("src", "tgt")}
         for k in range(src.chunks):
-            pick = {side: None if wanted is None else wanted[(d.name, side)][cut[side][k]:cut[side][k + 1]] - k * CHUNK
+            pick = {side: None if wanted is None else wanted[(d.name, side)][cut[side][k]:cut[side][k + 1]] - k * src.chunk
                     for side in ("src", "tgt")}  # type: ignore[index]
             yield d.name, (src, k, pick["src"], pick["tgt"])
 
@@ -121,6 +121,7 @@ def sample_pass(manifest: Manifest, sources: dict[str, ChunkSource], cfg: Tokeni
     if cfg is None:  # counting only: no sentence comes back
         empty = np.zeros(0, dtype=np.int64)
         jobs = ((s, k, empty, empty) for s, k, _, _ in jobs)
+    workers = min(workers, len(names))  # a small corpus is not worth a process per core
     for name, (c, probs, bad, src, tgt) in zip(names, ordered_map(sample_chunk, jobs, workers)):
         total = counts[name]
         total.seen, total.invalid, total.empty = total.seen + c.seen, total.invalid + c.invalid, total.empty + c.empty

@@ -7,12 +7,12 @@ import sys
 
 
 def _run_context(run_dir: str) -> tuple[object, object, object]:
-    from pipeline.data.prepare import load_corpus
+    from pipeline.data.prepare import open_recorded
     from pipeline.rundir.layout import RunDir
 
     run = RunDir(run_dir)
     recipe = run.load_config()
-    corpus = load_corpus(recipe, run.tokenizer, lambda _m: None)
+    corpus = open_recorded(recipe, run.tokenizer, run.corpus_record, lambda _m: None)
     return run, recipe, corpus
 
 

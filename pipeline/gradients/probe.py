@@ -21,12 +21,30 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pipeline.balance.base import GradientAlignment, Sampler
+from pipeline.core.permutation import KeyedPermutation
 from pipeline.core.rng import rng_for
 from pipeline.data.batches import Batch, collate
+from pipeline.data.store import TokenSplit, pair_sizes
 from pipeline.engine.collectives import all_reduce_sum
 from pipeline.gradients.host import StepHost
 
 _PROBE = 0x4D44
+
+
+def _draw(data: TokenSplit, rng: np.random.Generator, budget: int, least: int) -> np.ndarray:
+    """Pairs of `data` in a random order until their padded sizes reach `budget` (at least `least`
+    of them, so every rank has a graph to differentiate), read block by block from a computed
+    permutation: a probe of a 100M-pair direction touches only the pairs it takes."""
+    perm, n = KeyedPermutation(len(data), rng), len(data)
+    order, total, pos, block = [], 0, 0, 256
+    while pos < n and (total < budget or pos < least):
+        idx = perm[np.arange(pos, min(n, pos + block))]
+        order.append(idx)
+        total += int(pair_sizes(data, idx).sum())
+        pos, block = pos + len(idx), block * 2
+    taken = np.concatenate(order)
+    take = min(len(taken), max(least, int(np.searchsorted(np.cumsum(pair_sizes(data, taken)), budget))))
+    return taken[:take]
 
 
 class GradientProbe:
@@ -52,11 +70,7 @@ class GradientProbe:
             data = t.corpus.splits[split][name]
             spec = next(d for d in t.corpus.manifest.directions if d.name == name)
             rng = rng_for(t.recipe.seed, t.counters.stage, step, ids[k], purpose, _PROBE)
-            order = rng.permutation(len(data))
-            sizes = np.maximum(data.src_lens + 2, data.tgt_lens + 1)[order]
-            # at least one row per rank, so every rank has a graph to differentiate
-            take = min(len(order), max(t.dist.world, int(np.searchsorted(np.cumsum(sizes), budget))))
-            pairs += [(k, int(i)) for i in order[:take]]
+            pairs += [(k, int(i)) for i in _draw(data, rng, budget, t.dist.world)]
             splits.append(data)
             tags.append(t.corpus.tokenizer.tag_id(spec.tgt))
         return collate(pairs, splits, tags, ids)

@@ -74,7 +74,7 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
     """Prepare the data here, before any worker starts (errors surface once, workers hit the
     cache), then train in this process or in `nproc` launched ones. A fresh run whose data
     fails to prepare is removed again, so the same command can be retried."""
-    from pipeline.data.prepare import copy_tokenizer, load_corpus
+    from pipeline.data.prepare import copy_tokenizer, load_corpus, record_corpus
     from pipeline.launch.worker import train_main
 
     print(f"run directory: {run.path}", flush=True)
@@ -82,6 +82,7 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
         corpus = load_corpus(recipe, run.tokenizer, print)
         copy_tokenizer(corpus, run.path)
         run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
+        record_corpus(corpus, run.corpus_record)
     except BaseException:
         if fresh:
             run.clear()

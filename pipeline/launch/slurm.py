@@ -144,11 +144,12 @@ def record_job(run_dir: Path, **record: Any) -> None:
 
 def prepare_run(run: RunDir, recipe: RecipeConfig) -> None:
     """What `mmtc run` does before training: tokenizer, cached data and summary, here and once."""
-    from pipeline.data.prepare import copy_tokenizer, load_corpus
+    from pipeline.data.prepare import copy_tokenizer, load_corpus, record_corpus
 
     corpus = load_corpus(recipe, run.tokenizer, print)
     copy_tokenizer(corpus, run.path)
     run.data_summary.write_text(json.dumps(corpus.summary, indent=1))
+    record_corpus(corpus, run.corpus_record)
 
 
 def submit_run(run_dir: Path, stages: Sequence[str], opts: SlurmOptions, *, dry_run: bool = False,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pipeline.core import preemption
 from pipeline.core.hostmem import keep_freed_memory
-from pipeline.data.prepare import PreparedCorpus, load_corpus
+from pipeline.data.prepare import PreparedCorpus, load_corpus, open_recorded, record_corpus
 from pipeline.engine.collectives import barrier
 from pipeline.engine.ds_engine import setup_distributed
 from pipeline.evaluation.evaluate import format_table
@@ -30,12 +30,15 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
     dist = setup_distributed(recipe.train.threads)
     if corpus is None:
         quiet: Callable[[str], None] = lambda _msg: None  # noqa: E731
-        # Rank 0 first: on a cold cache only it tokenises; the others then read what it wrote.
-        if not dist.is_main:
-            barrier()
-        corpus = load_corpus(recipe, run.tokenizer, print if dist.is_main else quiet)
+        # Rank 0 checks the files (a requeued job may find them changed) and prepares what is not
+        # cached; the others then open what it recorded, reading no text.
         if dist.is_main:
+            corpus = load_corpus(recipe, run.tokenizer, print)
+            record_corpus(corpus, run.corpus_record)
             barrier()
+        else:
+            barrier()
+            corpus = open_recorded(recipe, run.tokenizer, run.corpus_record, quiet)
     # After the corpus is read: keeping freed pages from here on would otherwise keep the peak of
     # reading and tokenising resident for the whole run.
     keep_freed_memory()

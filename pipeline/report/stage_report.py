@@ -19,7 +19,7 @@ from pipeline.config import RecipeConfig
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import version
 from pipeline.core.typed_yaml import to_plain
-from pipeline.data.prepare import load_corpus
+from pipeline.data.prepare import open_recorded
 from pipeline.evaluation.evaluate import averages
 from pipeline.evaluation.run_eval import evaluate_run
 from pipeline.report.html import stage_markdown, write_index
@@ -39,7 +39,8 @@ class CorpusSource:
 
     def get(self) -> Any:
         if self.corpus is None:
-            self.corpus = load_corpus(self.data.recipe, self.data.run.tokenizer, self.log)
+            run = self.data.run
+            self.corpus = open_recorded(self.data.recipe, run.tokenizer, run.corpus_record, self.log)
         return self.corpus
 
 

@@ -54,6 +54,11 @@ class RunDir:
         return self.path / "data_summary.json"
 
     @property
+    def corpus_record(self) -> Path:
+        """The prepared corpus's cache keys, written by whoever prepared it for this run."""
+        return self.path / "corpus.json"
+
+    @property
     def meta(self) -> Path:
         return self.path / "run.json"
 

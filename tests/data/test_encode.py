@@ -25,3 +25,23 @@ def test_parallel_chunks_equal_one_encode_and_rows_are_selected(tmp_path, monkey
     kept = [x for x, k in zip(ids, keep) if k]
     assert off.tolist() == np.concatenate([[0], np.cumsum([len(x) for x in kept])]).tolist()
     assert flat.tolist() == [t for x in kept for t in x]
+
+
+def test_the_pool_stops_its_workers_under_a_flag_only_sigterm_handler():
+    """A run's preemption handler only sets a flag; forked workers inherit it, and a pool that
+    stops its workers with SIGTERM then waited for ever (the suite hung in a sweep test)."""
+    import subprocess
+    import sys
+
+    code = """
+import signal
+from pipeline.data.encode import ordered_map
+signal.signal(signal.SIGTERM, lambda *a: None)
+print(sum(ordered_map(abs, range(-50, 0), 2)))
+print(set(ordered_map(signal.getsignal, [signal.SIGTERM, signal.SIGINT] * 4, 2)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    total, handlers = out.stdout.strip().splitlines()
+    assert total == "1275"
+    assert handlers == "{<Handlers.SIG_DFL: 0>, <Handlers.SIG_IGN: 1>}"  # the workers' own: SIGTERM stops them

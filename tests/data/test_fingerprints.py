@@ -92,3 +92,35 @@ def test_rehash_on_request(corpus, monkeypatch):
     monkeypatch.setenv("MMTC_REHASH", "1")
     open_(cfg, m)
     assert calls == [1]
+
+
+def test_a_recorded_corpus_opens_by_its_keys_without_stat_or_text_and_falls_back_without_them(corpus, tmp_path,
+                                                                                           monkeypatch):
+    from pipeline.config import RecipeConfig
+
+    m, cfg = corpus
+    cold = open_(cfg, m)
+    record = tmp_path / "run" / "corpus.json"
+    record.parent.mkdir()
+    prepare.record_corpus(cold, record)
+    recipe = RecipeConfig(data=cfg, tokenizer=TOK)
+    recipe.data.corpus = str(m)
+
+    def boom(*a, **k):
+        raise AssertionError("looked at the files")
+
+    calls = reads(monkeypatch)
+    monkeypatch.setattr(prepare, "stat_key", boom)
+    logs: list[str] = []
+    warm = prepare.open_recorded(recipe, cold.tokenizer.path, record, logs.append)
+    assert calls == [] and any(f"by the keys in {record}" in line for line in logs)
+    assert warm.fingerprint == cold.fingerprint and warm.summary == cold.summary
+    assert np.array_equal(warm.splits["train"]["eng-rev"].src, cold.splits["train"]["eng-rev"].src)
+    monkeypatch.undo()
+    calls = reads(monkeypatch)
+    record.write_text("{}")  # a run from before records: the files are checked as before
+    again = prepare.open_recorded(recipe, cold.tokenizer.path, record, lambda _m: None)
+    assert again.fingerprint == cold.fingerprint and calls == []  # their stat is unchanged: still no text
+    monkeypatch.setenv("MMTC_REHASH", "1")
+    prepare.open_recorded(recipe, cold.tokenizer.path, record, lambda _m: None)
+    assert calls == [1]
