@@ -20,7 +20,8 @@ from data_scale import step  # benchmarks/, the script's own folder, is on sys.p
 
 from pipeline.config import DataConfig, TokenizerConfig
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import open_splits, prepare_corpus
+from pipeline.data.prepare import prepare_corpus
+from pipeline.data.train_splits import open_splits
 
 
 def main() -> None:

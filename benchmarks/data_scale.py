@@ -60,6 +60,27 @@ if steps:
         times.append(time.perf_counter() - t)
     row["batch_ms_per_step"] = 1000 * float(np.median(times))
     row["batch_ms_per_step_mean"] = 1000 * float(np.mean(times))
+    # A training step of the tiny model (fp32, AdamW, 2,048-token batches) with its batches drawn
+    # from this corpus: whether the data side shows in a real step.
+    import torch
+    from pipeline.config import ModelConfig, RecipeConfig
+    from pipeline.model.transformer import build_model
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = build_model(RecipeConfig(model=ModelConfig(preset="tiny", dropout=0.0)), c.tokenizer.vocab_size, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stream = BatchStream(splits, list(range(len(names))), tags, sampler, seed=2, stage=0, max_tokens=2048, chunk_steps=100)
+    times = []
+    for k in range(int(sys.argv[5])):
+        t = time.perf_counter()
+        for b in stream.step_batches(k).micro:
+            loss, _ = model(b.src, b.tgt_in, b.tgt_out)
+            (loss.sum() / b.tgt_tokens).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    row["train_step_s_median"] = float(np.median(times[5:]))
+    row["train_step_s_iqr"] = [float(np.percentile(times[5:], 25)), float(np.percentile(times[5:], 75))]
 print(json.dumps(row))
 """
 
@@ -98,12 +119,12 @@ def grown(n: int, work: Path) -> Path:
     return out
 
 
-def step(manifest: Path, cache: Path, vocab: int = 8000, steps: int = 0) -> dict[str, float]:
+def step(manifest: Path, cache: Path, vocab: int = 8000, steps: int = 0, train_steps: int = 0) -> dict[str, float]:
     """Prepare (or, with a filled cache, open) the corpus in a fresh process: its wall and CPU
     seconds (imports not counted; the worker processes' CPU included), peak RSS of the process and
     of its largest worker and, with `steps`, the median time per step of planning and collating
     a step's batches (4096-token micro-batches, τ=5) over the opened corpus."""
-    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache), str(vocab), str(steps)],
+    out = subprocess.run([sys.executable, "-c", STEP, str(manifest), str(cache), str(vocab), str(steps), str(train_steps)],
                          capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode:
@@ -119,6 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0,1000000", help="comma-separated corpus sizes in pairs (0: as it is)")
     ap.add_argument("--steps", type=int, default=500, help="batch steps timed after the warm open")
+    ap.add_argument("--train-steps", type=int, default=65, help="tiny-model training steps timed after them (first 5 not counted)")
     ap.add_argument("--work", default="/tmp/mmtc-scale", help="where the grown corpora and caches go")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "data_scale.json"))
     args = ap.parse_args()
@@ -131,7 +153,7 @@ def main() -> None:
         cache = work / f"cache-{n}"
         shutil.rmtree(cache, ignore_errors=True)
         cold = step(manifest, cache)
-        warm = step(manifest, cache, steps=args.steps)
+        warm = step(manifest, cache, steps=args.steps, train_steps=args.train_steps)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
         row = {"code": commit, "pairs": cold["pairs"], "cold": cold, "warm": warm, "cache_mb": round(du(cache) / 2**20, 1),
                "cold_pairs_per_s": round(cold["pairs"] / cold["wall_s"]), "cores_used_cold": round(cold["cpu_s"] / cold["wall_s"], 2)}
@@ -139,7 +161,8 @@ def main() -> None:
         print(f"{row['pairs']:>10} pairs: cold {cold['wall_s']:.1f} s ({row['cold_pairs_per_s']} pairs/s, "
               f"{row['cores_used_cold']} cores, peak {cold['peak_rss_mb']:.0f} MB, cache {row['cache_mb']} MB); "
               f"warm open {warm['wall_s']:.2f} s (peak {warm['peak_rss_mb']:.0f} MB); "
-              f"batches {warm.get('batch_ms_per_step', 0):.2f} ms/step", flush=True)
+              f"batches {warm.get('batch_ms_per_step', 0):.2f} ms/step; "
+              f"train step {warm.get('train_step_s_median', 0):.3f} s", flush=True)
         shutil.rmtree(cache, ignore_errors=True)
     results["machine"] = f"{os.cpu_count()}-core CPU, {os.uname().sysname}"
     results["how"] = ("one run per size; each step a fresh process; tokenizer 8K unigram, default filters; CPU "

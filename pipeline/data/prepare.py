@@ -28,18 +28,19 @@ import numpy as np
 from pipeline.config import DataConfig, RecipeConfig, TokenizerConfig
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.typed_yaml import to_plain
-from pipeline.data.checks import check_raw, eval_drop_message, train_unusable
-from pipeline.data.chunks import ChunkSource, merge_problems, open_source
-from pipeline.data.corpus import DataError, RawSplit, read_split
-from pipeline.data.encode import encode_chunk, encode_pairs, ordered_map, select_rows, workers_here
-from pipeline.data.filters import REASONS, count, empty_mask, length_mask
+from pipeline.data.checks import check_raw, eval_drop_message
+from pipeline.data.chunks import ChunkSource
+from pipeline.data.corpus import DataError, RawSplit
+from pipeline.data.encode import encode_pairs, select_rows, workers_here
+from pipeline.data.filters import count, empty_mask, length_mask
 from pipeline.data.fingerprints import remember, remembered, stat_key
-from pipeline.data.manifest import Manifest, SourceSpec, load_manifest
+from pipeline.data.manifest import Manifest, load_manifest
 from pipeline.data.progress import Progress
-from pipeline.data.sample import SplitCounts, sample_pass
-from pipeline.data.store import SplitWriter, TokenSplit, load_split, save_split
+from pipeline.data.sample import sample_pass
+from pipeline.data.store import TokenSplit, load_split, save_split
 from pipeline.data.summary import SPLITS, format_summary
 from pipeline.data.tokenizer import Tokenizer, model_digest, train_on, train_tokenizer
+from pipeline.data.train_splits import count_problems, encode_train, open_splits, specs
 
 CACHE_VERSION = "3"  # 2: a leading BOM is stripped on read; 3: the appendable store (store.FORMAT 3)
 Log = Callable[[str], None]
@@ -79,44 +80,6 @@ def resolve_manifest(cfg: DataConfig, log: Log) -> Path:
     return Path(cfg.corpus)
 
 
-def _specs(manifest: Manifest) -> list[tuple[str, str, SourceSpec]]:
-    out = []
-    for d in manifest.directions:
-        for split in SPLITS:
-            spec = getattr(d, split)
-            if spec is not None:
-                out.append((d.name, split, spec))
-    return out
-
-
-def open_splits(manifest: Manifest, on_invalid: str) -> tuple[dict[str, ChunkSource], dict[tuple[str, str], RawSplit]]:
-    """Every training split's first pass (`chunks.open_source`) and every dev/test split read whole,
-    collecting every data error before raising (one report, not one per run)."""
-    errors: list[str] = []
-    sources: dict[str, ChunkSource] = {}
-    evals: dict[tuple[str, str], RawSplit] = {}
-    for name, split, spec in _specs(manifest):
-        try:
-            if split == "train":
-                sources[name] = open_source(spec, on_invalid, f"{name} {split}")
-            else:
-                evals[(name, split)] = read_split(spec, on_invalid, f"{name} {split}")
-        except DataError as exc:
-            errors.extend(exc.errors)
-    if errors:
-        raise DataError(errors)
-    return sources, evals
-
-
-def count_problems(sources: dict[str, ChunkSource], counts: dict[str, SplitCounts]) -> list[str]:
-    """`train_unusable` for each training split, from a pass's counts."""
-    out = []
-    for name, c in counts.items():
-        msg = train_unusable(name, sources[name].origin, c.seen - c.invalid, c.invalid, c.seen - c.invalid - c.empty)
-        out += [msg] if msg else []
-    return out
-
-
 def load_corpus(recipe: RecipeConfig, tokenizer: Path, log: Log = print) -> PreparedCorpus:
     """The recipe's corpus for a run whose tokenizer lives at `tokenizer` (trained and cached
     first when that file does not exist yet)."""
@@ -141,7 +104,7 @@ def open_recorded(recipe: RecipeConfig, tokenizer: Path, record: Path, log: Log 
     if rec.get("version") == CACHE_VERSION and tokenizer.is_file():
         mpath = resolve_manifest(recipe.data, log)
         manifest = load_manifest(mpath)
-        fps = {(n, s): rec.get("fingerprints", {}).get(f"{n} {s}") for n, s, _ in _specs(manifest)}
+        fps = {(n, s): rec.get("fingerprints", {}).get(f"{n} {s}") for n, s, _ in specs(manifest)}
         if all(fps.values()):
             opened = _open_cached(manifest, mpath, recipe.data, recipe.tokenizer, cache_root(recipe.data), tokenizer,
                                   {k: str(v) for k, v in fps.items()}, log, why=f"by the keys in {record}")
@@ -161,7 +124,7 @@ def prepare_corpus(
     mpath = manifest_path or resolve_manifest(data, log)
     manifest = load_manifest(mpath)
     root = cache_root(data)
-    keys = {(name, split): stat_key(spec) for name, split, spec in _specs(manifest)}
+    keys = {(name, split): stat_key(spec) for name, split, spec in specs(manifest)}
     known = {k: remembered(root, key) for k, key in keys.items()}
     if all(fp is not None for fp in known.values()):
         opened = _open_cached(manifest, mpath, data, tok_cfg, root, tokenizer_path,
@@ -174,7 +137,7 @@ def prepare_corpus(
         raise DataError(problems)
     fps = {**{(n, "train"): src.fingerprint for n, src in sources.items()},
            **{k: r.fingerprint for k, r in evals.items()}}
-    origins = {(name, split): spec.describe() for name, split, spec in _specs(manifest)}
+    origins = {(name, split): spec.describe() for name, split, spec in specs(manifest)}
     workers = workers_here()
     if tokenizer_path is None:
         tokenizer = _tokenizer(manifest, sources, tok_cfg, root, log, workers)
@@ -199,7 +162,7 @@ def prepare_corpus(
     for name, src in sources.items():
         path = token_path(src.fingerprint, "train")
         try:
-            loaded[(name, "train")] = _encode_train(src, tokenizer, data, path, workers, progress.tick) \
+            loaded[(name, "train")] = encode_train(src, tokenizer, data, path, workers, progress.tick) \
                 if name in todo else load_split(path)  # type: ignore[assignment]
         except DataError as exc:
             errors.extend(exc.errors)
@@ -208,43 +171,8 @@ def prepare_corpus(
         raise DataError(errors)
     for k, key in keys.items():  # only now: a split is remembered once everything built from it is cached
         remember(root, key, fps[k], origins[k])
-    ordered = {(n, s): loaded[(n, s)] for n, s, _ in _specs(manifest)}
+    ordered = {(n, s): loaded[(n, s)] for n, s, _ in specs(manifest)}
     return _assemble(manifest, mpath, tokenizer, ordered, fps, origins, log)
-
-
-def _encode_train(source: ChunkSource, tok: Tokenizer, cfg: DataConfig, path: Path, workers: int,
-                  tick: Callable[[int], None]) -> TokenSplit:
-    """Tokenise a training split chunk by chunk on `workers` processes into a new cache entry."""
-    jobs = ((source, k, cfg.max_len, cfg.max_len_ratio, True) for k in range(source.chunks))
-    drops: dict[str, int] = dict.fromkeys(REASONS, 0)
-    problems: list[tuple[list[str], int]] = []
-    with SplitWriter(path) as writer:
-        for s_ids, s_lens, t_ids, t_lens, lines, dropped, probs, bad in ordered_map(
-                encode_chunk, jobs, min(workers, source.chunks), tok.path):
-            writer.append(s_ids, s_lens, t_ids, t_lens, lines)
-            for why, n in dropped.items():
-                drops[why] += n
-            problems.append((probs, bad))
-            tick(len(lines) + sum(dropped.values()))
-        bad_records = merge_problems(problems, source.spec.path or "")
-        if bad_records:
-            raise DataError(bad_records)
-        invalid, empty = drops["invalid_utf8"], drops["empty"]
-        unusable = train_unusable(source.where.split()[0], source.origin, source.pairs - invalid, invalid,
-                                  source.pairs - invalid - empty)
-        if unusable:
-            raise DataError([unusable])
-        # the order the in-memory path reports them in: filters first, then what reading dropped
-        dropped_all = {why: drops[why] for why in ("empty", "too_long", "bad_ratio", "invalid_utf8") if drops[why]}
-        if not writer.pairs:
-            raise DataError([f"{source.where} ({source.origin}): no pairs left after filtering "
-                             f"(dropped: {dropped_all}); check the files or data.max_len / data.max_len_ratio"])
-        meta = {"seen": source.pairs, "dropped": dropped_all, "origin": source.origin,
-                **({"stripped": source.stripped} if source.stripped else {})}
-        writer.commit(None, meta)
-    out = load_split(path)
-    assert out is not None
-    return out
 
 
 def _token_paths(root: Path, tokenizer: Tokenizer, data: DataConfig) -> Callable[[str, str], Path]:
@@ -275,7 +203,7 @@ def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: Tok
         if ts is None:
             return None
         splits[(name, split)] = ts
-    origins = {(name, split): spec.describe() for name, split, spec in _specs(manifest)}
+    origins = {(name, split): spec.describe() for name, split, spec in specs(manifest)}
     log(f"corpus: opened from the cache ({len(splits)} splits; no text read: {why})")
     return _assemble(manifest, mpath, tokenizer, splits, fps, origins, log)
 

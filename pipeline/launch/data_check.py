@@ -16,10 +16,11 @@ from pipeline.data.demo import build_demo_corpus
 from pipeline.data.encode import workers_here
 from pipeline.data.filters import empty_mask
 from pipeline.data.manifest import load_manifest
-from pipeline.data.prepare import cache_root, count_problems, open_splits, prepare_corpus
+from pipeline.data.prepare import cache_root, prepare_corpus
 from pipeline.data.progress import Progress
 from pipeline.data.sample import sample_pass
 from pipeline.data.summary import SPLITS, format_summary
+from pipeline.data.train_splits import count_problems, open_splits
 
 
 def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> str:

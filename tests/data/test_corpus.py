@@ -138,7 +138,7 @@ def test_second_prepare_hits_the_cache(tmp_path, monkeypatch):
         raise AssertionError("tokenised again")
 
     monkeypatch.setattr(tk.Tokenizer, "encode", boom)
-    for name in ("encode_pairs", "encode_chunk", "train_tokenizer", "train_on", "sample_pass"):
+    for name in ("encode_pairs", "encode_train", "train_tokenizer", "train_on", "sample_pass"):
         monkeypatch.setattr(prepare, name, boom)
     second = prepare_corpus(cfg, tok, log=lambda m: None, manifest_path=m)
     assert second.fingerprint == first.fingerprint
