@@ -50,10 +50,13 @@ def _init(model: str | None) -> None:
 
 def _worker_init(model: str | None) -> None:
     # A fork inherits the parent's handlers: a preemption handler that only sets a flag would make
-    # the pool's SIGTERM unable to stop its workers. Ctrl-C is the parent's to handle.
+    # the pool's SIGTERM unable to stop its workers. The parent forks with SIGTERM blocked, so one
+    # sent before this line stays pending and, unblocked here, stops the worker. Ctrl-C is the
+    # parent's to handle.
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _init(model)
 
 
@@ -101,7 +104,13 @@ def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], workers: int, model: Pa
         _init(init)
         yield from map(fn, jobs)
         return
-    pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(init,))
+    # Blocked while the pool forks (its handler threads, which fork replacements, inherit the mask).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(init,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    done = False
     try:
         pending: deque[Any] = deque()
         for job in jobs:
@@ -110,9 +119,12 @@ def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], workers: int, model: Pa
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
-        pool.close()  # the workers finish and exit on their own
+        done = True
     finally:
-        pool.terminate()  # an error or an abandoned generator: stop them now
+        if done:
+            pool.close()  # the workers take their sentinels and exit: no signal needed
+        else:
+            pool.terminate()  # an error or an abandoned generator: stop them now
         pool.join()
 
 

@@ -39,6 +39,11 @@ from pipeline.data.encode import ordered_map
 signal.signal(signal.SIGTERM, lambda *a: None)
 print(sum(ordered_map(abs, range(-50, 0), 2)))
 print(set(ordered_map(signal.getsignal, [signal.SIGTERM, signal.SIGINT] * 4, 2)))
+for _ in range(100):
+    assert sum(ordered_map(abs, [-1], 2)) == 1  # one job for two workers: the second may still be starting
+    g = ordered_map(abs, range(-5, 0), 2)
+    next(g)
+    g.close()  # abandoned: the pool is terminated while its workers may not have reset their handlers
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
