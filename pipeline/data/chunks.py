@@ -135,7 +135,7 @@ def _lines(scan: FileScan, k: int) -> list[str | None]:
         body = f.read(b - a)
     if body.endswith(b"\n"):
         body = body[:-1]
-    return decode_lines(body) if body or b > a else []
+    return decode_lines(body) if b > a else []
 
 
 def read_chunk(source: ChunkSource, k: int) -> Chunk:

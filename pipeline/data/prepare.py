@@ -157,13 +157,13 @@ def prepare_corpus(
                 continue
             save_split(path, ts)
         loaded[(name, split)] = ts
-    todo = {n: s for n, s in sources.items() if load_split(token_path(s.fingerprint, "train")) is None}
-    progress = Progress("tokenising", sum(s.pairs for s in todo.values()), log)
+    cached = {n: load_split(token_path(s.fingerprint, "train")) for n, s in sources.items()}
+    progress = Progress("tokenising", sum(s.pairs for n, s in sources.items() if cached[n] is None), log)
     for name, src in sources.items():
-        path = token_path(src.fingerprint, "train")
+        ts = cached[name]
         try:
-            loaded[(name, "train")] = encode_train(src, tokenizer, data, path, workers, progress.tick) \
-                if name in todo else load_split(path)  # type: ignore[assignment]
+            loaded[(name, "train")] = ts if ts is not None else encode_train(
+                src, tokenizer, data, token_path(src.fingerprint, "train"), workers, progress.tick)
         except DataError as exc:
             errors.extend(exc.errors)
     progress.close()

@@ -14,7 +14,6 @@ Memory: the sample, never the corpus. The same pass counts every split's invalid
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,8 +115,9 @@ def sample_pass(manifest: Manifest, sources: dict[str, ChunkSource], cfg: Tokeni
     counts = {d.name: SplitCounts() for d in manifest.directions}
     problems: dict[str, list[tuple[list[str], int]]] = {}
     spec = {d.name: d for d in manifest.directions}
-    names = [name for name, _ in _jobs(manifest, sources, wanted)]
-    jobs = (job for _, job in _jobs(manifest, sources, wanted))
+    named = list(_jobs(manifest, sources, wanted))  # one small tuple per chunk
+    names = [name for name, _ in named]
+    jobs = (job for _, job in named)
     if cfg is None:  # counting only: no sentence comes back
         empty = np.zeros(0, dtype=np.int64)
         jobs = ((s, k, empty, empty) for s, k, _, _ in jobs)
@@ -139,6 +139,3 @@ def sample_pass(manifest: Manifest, sources: dict[str, ChunkSource], cfg: Tokeni
     texts = {lang: list(v) for lang, v in distinct.items()} if keep_all else drawn
     return SamplePass(texts, counts, bad_records, keep_all)
 
-
-def used_per_language(texts: dict[str, list[str]]) -> Counter[str]:
-    return Counter({lang: len(v) for lang, v in texts.items()})
