@@ -84,6 +84,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("curriculum",),
     ("rundir",),
+    ("distill",),
     ("gradients",),
     ("checkpoint",),
     ("train",),

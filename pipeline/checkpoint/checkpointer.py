@@ -18,6 +18,8 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.typed_yaml import to_plain
 from pipeline.engine.collectives import all_reduce_sum, barrier
 
+SHARED = "shared_state.pt"  # what every rank holds alike (LSSD's teachers), written once by rank 0
+
 
 class Checkpointer:
     def __init__(self, trainer: CheckpointHost) -> None:
@@ -49,6 +51,9 @@ class Checkpointer:
             t.engine.save(root, tag, self.client_state())
             faults.kill_if("kill_in_save", t.counters.step)
             torch.save(t.rank_state_dict(), root / tag / f"rank_state{t.dist.rank}.pt")
+            shared = t.shared_state() if t.dist.is_main else None
+            if shared is not None:
+                torch.save(shared, root / tag / SHARED)
             state = t.engine.full_state_dict() if final else None
             if state is not None:
                 torch.save(state, root / tag / "consolidated.pt")
@@ -127,8 +132,9 @@ class Checkpointer:
                       "(ZeRO shards cannot be re-split); the data order follows the new world size", flush=True)
         else:
             cs = t.engine.load(t.run.checkpoints, found.tag)
-        rank_file = found.path / f"rank_state{t.dist.rank}.pt"
-        t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {})
+        rank_file, shared = found.path / f"rank_state{t.dist.rank}.pt", found.path / SHARED
+        t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {},
+                          torch.load(shared) if shared.is_file() else None)
         if t.dist.is_main:
             t.run.truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)

@@ -11,7 +11,14 @@ from pipeline.config.base import Check
 from pipeline.config.data import DataConfig, TokenizerConfig
 from pipeline.config.model import ModelConfig
 from pipeline.config.stages import StageConfig
-from pipeline.config.training import DeepSpeedConfig, EvalConfig, SamplingConfig, SurgeryConfig, TrainConfig
+from pipeline.config.training import (
+    DeepSpeedConfig,
+    DistillConfig,
+    EvalConfig,
+    SamplingConfig,
+    SurgeryConfig,
+    TrainConfig,
+)
 from pipeline.core.typed_yaml import to_plain
 
 
@@ -24,6 +31,7 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -36,6 +44,9 @@ class RecipeConfig:
         surgical = [self.surgery] + [s.surgery for s in self.stages if s.surgery is not None]
         if any(c.method != "none" for c in surgical) and self.train.precision in ("bf16", "fp16"):
             out.append(("train.precision", "gradient surgery works on fp32 gradients: use fp32 or amp_bf16"))
+        if self.uses_lssd() and not self.train.eval_every:
+            out.append(("train.eval_every", "distill.method lssd takes its teachers from the dev-loss evaluations: "
+                        "set train.eval_every"))
         for i, stage in enumerate(self.stages):
             for j, m in enumerate(stage.until.monitors):
                 if m.monitor != "budget" and not self.train.eval_every:
@@ -81,6 +92,12 @@ class RecipeConfig:
 
     def stage_surgery(self, stage: StageConfig) -> SurgeryConfig:
         return stage.surgery if stage.surgery is not None else self.surgery
+
+    def stage_distill(self, stage: StageConfig) -> DistillConfig:
+        return stage.distill if stage.distill is not None else self.distill
+
+    def uses_lssd(self) -> bool:
+        return any(self.stage_distill(s).method == "lssd" for s in self.resolved_stages())
 
 
 def recipe_to_plain(cfg: RecipeConfig) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config.base import Check, key_path
-from pipeline.config.training import SamplingConfig, SurgeryConfig
+from pipeline.config.training import DistillConfig, SamplingConfig, SurgeryConfig
 
 
 @dataclass
@@ -100,6 +100,7 @@ class StageConfig:
     lr_schedule: Literal["continue", "reset"] = "continue"  # reset: a new warm-up and decay
     warmup_steps: int | None = None  # after a reset (default train.warmup_steps)
     surgery: SurgeryConfig | None = None  # None: the recipe's top-level surgery
+    distill: DistillConfig | None = None  # None: the recipe's top-level distill
     # The share of train.max_steps kept for this stage: the stages before it end by then at the latest.
     min_share: float = 0.0
 

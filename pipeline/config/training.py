@@ -53,6 +53,34 @@ class SurgeryConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Language-specific self-distillation (LSSD, Huang et al. 2022): each direction distils from
+    the snapshot at which its own dev loss was best so far (teachers change at train.eval_every)."""
+
+    method: Literal["none", "lssd"] = "none"
+    weight: float = 1.0  # w in (CE + w·KD) / 2 (their --distill-weight / alpha, default 1.0)
+    gate: Literal["none", "hard", "soft"] = "none"  # which tokens (or sentences) distil, and how much
+    level: Literal["token", "sentence"] = "token"  # where the gate compares teacher and student
+    hard_floor: float = 0.2  # the hard gate's weight where the student is already the more confident
+    start_after: int = 0  # stage steps before the distillation term is added (teachers are kept from the start)
+    # stalled (their code): a direction distils only while its dev loss did not improve at the latest
+    # evaluation, i.e. past its own convergence point; always: whenever it has a teacher
+    when: Literal["stalled", "always"] = "stalled"
+    snapshot_dtype: Literal["bf16", "fp32"] = "bf16"  # how the teachers' weights are kept
+    placement: Literal["device", "cpu"] = "device"  # cpu: teachers in host memory, moved in per forward
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.weight < 0:
+            out.append((key_path(path, "weight"), "must be >= 0"))
+        if not 0 <= self.hard_floor <= 1:
+            out.append((key_path(path, "hard_floor"), "must be in [0, 1]"))
+        if self.start_after < 0:
+            out.append((key_path(path, "start_after"), "must be >= 0"))
+        return out
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 1000  # optimizer steps for the whole run (every stage counts)
     max_tokens: int = 4096  # padded tokens per micro-batch (per rank), the larger side counted

@@ -309,6 +309,16 @@ class Engine:
             return state
         return self._cpu_state() if self.dist.is_main else None
 
+    def snapshot_weights(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """A copy of every parameter on every rank (LSSD's teachers), in `dtype` on `device`; under
+        ZeRO-3 the partitions are gathered for the copy (a collective: all ranks call it together)."""
+        params = list(self.module.parameters())
+        ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3
+               else contextlib.nullcontext())
+        with ctx, torch.no_grad():
+            return {k: v.detach().to(device=device, dtype=dtype, copy=True)
+                    for k, v in self.module.named_parameters()}
+
     def _cpu_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 

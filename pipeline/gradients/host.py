@@ -11,6 +11,7 @@ import torch
 from pipeline.config import RecipeConfig
 from pipeline.curriculum.counters import Counters
 from pipeline.data.prepare import PreparedCorpus
+from pipeline.distill.teachers import TeacherBank
 from pipeline.engine.collectives import Dist
 from pipeline.engine.ds_engine import Engine
 
@@ -25,6 +26,7 @@ class StepHost(Protocol):
     dist: Dist
     engine: Engine
     stage_ids: np.ndarray  # the current stage's directions, as indices into `names`
+    teachers: TeacherBank | None  # LSSD's teachers (None when no stage distils)
 
     def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
         """The step's per-direction [loss, nll, tokens] summed over ranks (and the stop flag)."""

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import SurgeryConfig
+from pipeline.config import DistillConfig, SurgeryConfig
 from pipeline.core.rng import rng_for
 from pipeline.data.batches import Batch, StepBatches, collate
+from pipeline.distill.lssd import accumulate, token_losses
 from pipeline.engine.collectives import all_reduce_sum
 from pipeline.gradients import surgery
 from pipeline.gradients.host import StepHost
@@ -40,8 +41,10 @@ def layer_key(name: str) -> str:
 
 
 class TaskStep:
-    def __init__(self, trainer: StepHost, cfg: SurgeryConfig, stage_names: list[str]) -> None:
+    def __init__(self, trainer: StepHost, cfg: SurgeryConfig, stage_names: list[str],
+                 distill: DistillConfig | None = None) -> None:
         self.t, self.cfg = trainer, cfg
+        self.distill = distill or DistillConfig()  # LSSD's term joins each task's loss
         manifest = trainer.corpus.manifest
         if cfg.tasks == "directions":
             members = {n: [n] for n in stage_names}
@@ -133,19 +136,18 @@ class TaskStep:
         if cfg.method == "target_projection" and (self.target is None or t.counters.stage_step % cfg.refresh == 0):
             self.target, self.target_step = self._target(step), step
         dev = t.dist.device
+        active = self.distill.method == "lssd" and t.counters.stage_step >= self.distill.start_after
         shards = []
         for k in range(len(self.tasks)):
             for a, mb in enumerate(sb.micro):  # the task's rows of every micro-batch, then reduce
                 t.engine.set_boundary(a == len(sb.micro) - 1)
                 sub, weight = self._rows(mb, torch.as_tensor(self.task_of[mb.direction.numpy()] == k))
                 tgt_out = sub.tgt_out.to(dev)
-                loss_tok, nll_tok = t.engine(sub.src.to(dev), sub.tgt_in.to(dev), tgt_out)
-                seq_loss = loss_tok.sum(1)
+                tl = token_losses(t.engine, t.teachers, self.distill, active, sub.src.to(dev), sub.tgt_in.to(dev),
+                                  tgt_out, sub.direction)
+                seq_loss = tl.objective.sum(1)
                 if weight:
-                    with torch.no_grad():
-                        step_acc[0].index_add_(0, sub.direction, seq_loss.detach().double().cpu())
-                        step_acc[1].index_add_(0, sub.direction, nll_tok.sum(1).detach().double().cpu())
-                        step_acc[2].index_add_(0, sub.direction, (tgt_out != 0).sum(1).double().cpu())
+                    accumulate(step_acc, sub.direction, tl, tgt_out)
                 t.engine.backward((seq_loss * scales[sub.direction.to(dev)]).sum() * weight)
             shards.append(t.engine.local_grad_shard())
             if not self.blocks:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.config import ModelArch, RecipeConfig, resolve_arch
 from pipeline.model.layers import DecoderLayer, EncoderLayer, Packing, dropout, xavier_blocks
-from pipeline.model.loss import smoothed_nll
+from pipeline.model.loss import smoothed_nll, smoothed_nll_kd
 
 
 class EncoderOut(NamedTuple):
@@ -129,18 +129,35 @@ class Seq2SeqTransformer(nn.Module):
         logits = F.linear(h, self.embed.weight) if out_proj is None else h @ out_proj
         return torch.log_softmax(logits, -1, dtype=torch.float32)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
-        """(label-smoothed loss, nll) per target token, float32 [B, T], exactly 0 at pads."""
+    def _target_states(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Decoder states [N, D] of the N real target tokens (row-major order of tgt_out), and their rows."""
         packing = Packing(tgt_in, self.pad_id)
         h = self._decode(self.encode(src), tgt_in, packing)
         rows = tgt_out.reshape(-1).ne(self.pad_id).nonzero().squeeze(1)
         if not torch.equal(rows, packing.rows):  # targets not aligned with inputs: score tgt_out's tokens
             h = packing.pad(h).view(-1, h.shape[-1]).index_select(0, rows)
+        return h, rows
+
+    def target_logits(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """Logits [N, V] of the N real target tokens, in the order `forward` scores them (a teacher's)."""
+        h, _ = self._target_states(src, tgt_in, tgt_out)
+        return F.linear(h, self.embed.weight)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor, teacher: Tensor | None = None
+                ) -> tuple[Tensor, ...]:
+        """(label-smoothed loss, nll) per target token, float32 [B, T], exactly 0 at pads; with
+        `teacher` (a distribution [N, V] per real target token, as from `target_logits`) also the
+        cross-entropy against it, per token."""
+        h, rows = self._target_states(src, tgt_in, tgt_out)
         # The vocabulary projection is the costliest op of a small model: it runs on real tokens only.
         target = tgt_out.reshape(-1).index_select(0, rows)
-        loss, nll = smoothed_nll(F.linear(h, self.embed.weight), target, self.arch.label_smoothing)
-        zeros = loss.new_zeros(tgt_out.numel())
-        return zeros.index_copy(0, rows, loss).view(tgt_out.shape), zeros.index_copy(0, rows, nll).view(tgt_out.shape)
+        logits = F.linear(h, self.embed.weight)
+        if teacher is None:
+            outs: tuple[Tensor, ...] = smoothed_nll(logits, target, self.arch.label_smoothing)
+        else:
+            outs = smoothed_nll_kd(logits, target, self.arch.label_smoothing, teacher)
+        zeros = outs[0].new_zeros(tgt_out.numel())
+        return tuple(zeros.index_copy(0, rows, x).view(tgt_out.shape) for x in outs)
 
     def init_cache(self, enc: EncoderOut, max_steps: int, beam: int = 1) -> DecoderCache:
         """A cache for up to `max_steps` decoder positions of `beam` hypotheses per row of `enc`."""

@@ -5,24 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from pipeline.distill.lssd import FULL, GATE, KD, ROWS, TAUGHT, TOKENS
 from pipeline.engine.collectives import Dist
 from pipeline.train.stage_setup import StageRuntime
 
 
 class LossSums:
-    """[loss, nll, tokens] per direction of the corpus: since the last log row, and since the last
-    dev evaluation (without them saved, the first averages after a resume would cover fewer steps
-    than the uninterrupted run's)."""
+    """The step sums per direction of the corpus (rows: `distill.lssd.ROWS`): since the last log
+    row, and since the last dev evaluation (without them saved, the first averages after a resume
+    would cover fewer steps than the uninterrupted run's)."""
 
     def __init__(self, n_dirs: int) -> None:
-        self.log = torch.zeros(3, n_dirs, dtype=torch.float64)
-        self.eval = torch.zeros(3, n_dirs, dtype=torch.float64)
+        self.log = torch.zeros(ROWS, n_dirs, dtype=torch.float64)
+        self.eval = torch.zeros(ROWS, n_dirs, dtype=torch.float64)
 
     def add(self, step_acc: torch.Tensor) -> None:
-        self.log += step_acc[:3]
-        self.eval += step_acc[:3]
+        self.log += step_acc
+        self.eval += step_acc
+
+    def load(self, log: torch.Tensor, eval_: torch.Tensor) -> None:
+        """Saved sums; a checkpoint from before LSSD's rows holds the first three."""
+        for mine, saved in ((self.log, log), (self.eval, eval_)):
+            mine.zero_()
+            mine[: len(saved)].copy_(saved)
 
     def take_log(self) -> torch.Tensor:
         out = self.log.clone()
@@ -37,11 +45,11 @@ class LossSums:
 
 def log_row(*, step: int, stage_step: int, tokens_total: int, skipped: int, names: list[str], stage: StageRuntime, acc: torch.Tensor,
             memory: torch.Tensor, dist: Dist, lr: float, grad_norm: float | None, elapsed: float, steps: int,
-            probe_s: float | None) -> dict[str, Any]:
+            probe_s: float | None, teacher_steps: np.ndarray | None = None) -> dict[str, Any]:
     """One metrics.jsonl row: `acc` the loss sums over ranks since the last row, `memory` every
     rank's [peak host, peak GPU, host] MB, `elapsed` the training seconds of its `steps` steps."""
     assert stage.stream.p is not None
-    tokens = acc[2]
+    tokens = acc[TOKENS]
     tot = float(tokens.sum())
     record: dict[str, Any] = {
         "step": step,
@@ -67,6 +75,14 @@ def log_row(*, step: int, stage_step: int, tokens_total: int, skipped: int, name
     if stage.apply != "sample":
         w = stage.policy.probabilities(stage_step)
         record["loss_weights"] = {names[i]: round(float(x), 6) for i, x in zip(stage.stage_ids, w)}
+    if stage.distill.method == "lssd" and teacher_steps is not None:
+        record["distill"] = {
+            n: {"teacher_step": int(teacher_steps[i]) if teacher_steps[i] >= 0 else None,
+                "kd": round(float(acc[KD, i] / acc[TAUGHT, i]), 5) if acc[TAUGHT, i] else None,
+                "gate": round(float(acc[GATE, i] / acc[TAUGHT, i]), 5) if acc[TAUGHT, i] else None,
+                "gated_full": round(float(acc[FULL, i] / acc[TAUGHT, i]), 5) if acc[TAUGHT, i] else None,
+                "taught": round(float(acc[TAUGHT, i] / tokens[i]), 5)}
+            for i, n in enumerate(names) if tokens[i] > 0}
     extra = stage.policy.log_values()
     if extra:
         record["policy"] = extra

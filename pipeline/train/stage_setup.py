@@ -17,7 +17,7 @@ import torch
 from pipeline.balance.base import Sampler
 from pipeline.balance.static import build_sampler
 from pipeline.checkpoint.weights import ReferenceModel
-from pipeline.config import SamplingConfig, StageConfig
+from pipeline.config import DistillConfig, SamplingConfig, StageConfig
 from pipeline.core.typed_yaml import ConfigError
 from pipeline.curriculum.stage import StageProgress
 from pipeline.data.batches import BatchStream
@@ -40,6 +40,7 @@ class StageRuntime:
     stream: BatchStream
     task_step: TaskStep | None
     probe: GradientProbe | None
+    distill: DistillConfig  # the stage's (method none: no distillation)
 
 
 def open_stage(host: StepHost, stages: list[StageConfig], index: int, reference: ReferenceModel | None) -> StageRuntime:
@@ -68,7 +69,7 @@ def open_stage(host: StepHost, stages: list[StageConfig], index: int, reference:
         if scfg.method == "none" and scfg.tasks == "groups" and not scfg.groups and len(
                 {g for g in corpus.manifest.groups() if set(corpus.manifest.groups()[g]) & set(names)}) < 2:
             scfg = replace(scfg, tasks="directions")  # diagnostics only: directions when there are no groups
-        task_step = TaskStep(host, scfg, names)
+        task_step = TaskStep(host, scfg, names, recipe.stage_distill(stage))
     probe = None
     if policy.needs_gradients:
         probe = GradientProbe(host, policy.probe_tokens if policy.probe_tokens is not None else t.max_tokens)
@@ -80,7 +81,8 @@ def open_stage(host: StepHost, stages: list[StageConfig], index: int, reference:
         seed=recipe.seed, stage=index, max_tokens=t.max_tokens, chunk_steps=t.chunk_steps,
         world=host.dist.world, rank=host.dist.rank, accum=t.grad_accum, period=period,
     )
-    return StageRuntime(names, stage_ids, progress, policy, cfg.apply, reference, stream, task_step, probe)
+    return StageRuntime(names, stage_ids, progress, policy, cfg.apply, reference, stream, task_step, probe,
+                        recipe.stage_distill(stage))
 
 
 def _reference(host: StepHost, stage: StageConfig, policy: Sampler, previous: ReferenceModel | None

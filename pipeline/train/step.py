@@ -1,8 +1,9 @@
 """One optimizer step without gradient surgery: each micro-batch's per-token loss, summed per
 direction (scatter-add) and weighted per direction, then DeepSpeed's backward and step.
 
-A step's per-direction sums live in `step_acc` ([loss, nll, tokens, clipped excess over the
-reference] × every direction of the corpus); one all-reduce per step (`host.reduce_stats`) gives
+A step's per-direction sums live in `step_acc` (the rows of `distill.lssd.ROWS`: loss, nll,
+tokens, DoReMi's clipped excess over the reference, LSSD's distillation sums × every direction of
+the corpus); one all-reduce per step (`host.reduce_stats`) gives
 every rank the global sums, whether any loss was non-finite, and whether any rank was asked to stop.
 """
 
@@ -15,6 +16,7 @@ from pipeline.balance.loss_weights import direction_scales
 from pipeline.checkpoint.weights import clipped_excess
 from pipeline.core import faults
 from pipeline.data.batches import StepBatches
+from pipeline.distill.lssd import EXCESS, ROWS, TOKENS, accumulate, token_losses
 from pipeline.engine.collectives import Dist, all_reduce_sum, peak_memory_mb
 from pipeline.gradients.host import StepHost
 from pipeline.train.stage_setup import StageRuntime
@@ -46,8 +48,8 @@ def gather_memory(dist: Dist) -> torch.Tensor:
 
 
 def per_direction(stats: torch.Tensor, n_dirs: int, stage_ids: np.ndarray) -> np.ndarray:
-    """[loss, nll, tokens, excess] × the stage's directions, from `reduce_stats`."""
-    return stats.reshape(4, n_dirs).numpy()[:, stage_ids]
+    """The step's sums (rows: `lssd.ROWS`) × the stage's directions, from `reduce_stats`."""
+    return stats.reshape(ROWS, n_dirs).numpy()[:, stage_ids]
 
 
 def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: torch.Tensor,
@@ -56,21 +58,21 @@ def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: tor
     step's stats summed over ranks (see `reduce_stats`). Fills `step_acc` with this rank's sums."""
     engine, dev, step = host.engine, host.dist.device, host.counters.step
     stats = torch.zeros(0)
+    active = stage.distill.method == "lssd" and host.counters.stage_step >= stage.distill.start_after
     for i, mb in enumerate(sb.micro):
         engine.set_boundary(i == len(sb.micro) - 1)
-        tgt_out = mb.tgt_out.to(dev)
-        loss_tok, nll_tok = engine(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
+        src, tgt_in, tgt_out, d = mb.src.to(dev), mb.tgt_in.to(dev), mb.tgt_out.to(dev), mb.direction
+        tl = token_losses(engine, host.teachers, stage.distill, active, src, tgt_in, tgt_out, d)
+        objective = tl.objective
         if i == 0 and host.dist.is_main and faults.armed("nan_loss", step + 1):
-            loss_tok = loss_tok * float("nan")
-        seq_loss = loss_tok.sum(1)
-        d = mb.direction
-        with torch.no_grad():
-            step_acc[0].index_add_(0, d, seq_loss.detach().double().cpu())
-            step_acc[1].index_add_(0, d, nll_tok.sum(1).detach().double().cpu())
-            step_acc[2].index_add_(0, d, (tgt_out != 0).sum(1).double().cpu())
-            if stage.reference is not None:
-                ref = stage.reference.nll(mb.src.to(dev), mb.tgt_in.to(dev), tgt_out)
-                step_acc[3].index_add_(0, d, clipped_excess(nll_tok, ref, tgt_out).double().cpu())
+            objective = objective * float("nan")
+            tl.loss = tl.loss * float("nan")
+        seq_loss = objective.sum(1)
+        accumulate(step_acc, d, tl, tgt_out)
+        if stage.reference is not None:
+            with torch.no_grad():
+                ref = stage.reference.nll(src, tgt_in, tgt_out)
+                step_acc[EXCESS].index_add_(0, d, clipped_excess(tl.nll, ref, tgt_out).double().cpu())
         if i == len(sb.micro) - 1:
             # One all-reduce per step: every rank learns whether any loss was non-finite
             # (then all skip the update), the step's per-direction losses (for policies) and
@@ -83,7 +85,7 @@ def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: tor
                 # step's gradient comes from (with grad_accum > 1 the earlier micro-batches
                 # used the previous weights, as in the reference code).
                 pd = per_direction(stats, len(host.names), stage.stage_ids)
-                stage.policy.observe_excess(host.counters.stage_step + 1, pd[3], pd[2])  # type: ignore[attr-defined]
+                stage.policy.observe_excess(host.counters.stage_step + 1, pd[EXCESS], pd[TOKENS])  # type: ignore[attr-defined]
                 scales = token_scales(host, stage, sb).to(dev)
         engine.backward((seq_loss * scales[d.to(dev)]).sum())
         engine.step()

@@ -31,6 +31,8 @@ from pipeline.curriculum.monitors import Observation
 from pipeline.curriculum.stage import Ending
 from pipeline.data.batches import StepBatches
 from pipeline.data.prepare import PreparedCorpus
+from pipeline.distill.lssd import ROWS
+from pipeline.distill.teachers import TeacherBank
 from pipeline.engine.collectives import Dist, all_reduce_sum
 from pipeline.engine.ds_engine import Engine
 from pipeline.model.transformer import build_model
@@ -59,6 +61,11 @@ class Trainer:
         self.current: StageRuntime | None = None  # the open stage; None between stages
         self.reference: ReferenceModel | None = None  # DoReMi's frozen reference model, kept across stages
         self.dev = DevLoss(corpus, dist)
+        self.teachers: TeacherBank | None = None  # LSSD's per-direction teachers, kept across stages
+        if recipe.uses_lssd():
+            cfg = next(recipe.stage_distill(s) for s in self.stages if recipe.stage_distill(s).method == "lssd")
+            runner = build_model(recipe, corpus.tokenizer.vocab_size, corpus.tokenizer.pad_id)
+            self.teachers = TeacherBank(self.names, runner, cfg, dist.device)
         self.sums = LossSums(len(self.names))
         self._probe_s = 0.0  # seconds in the gradient probe since the last log row
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
@@ -104,8 +111,8 @@ class Trainer:
         """One optimizer step; False when it was skipped (non-finite loss or gradient somewhere)."""
         st = self._open()
         scales = token_scales(self, st, sb).to(self.dist.device)
-        # [loss, nll, tokens, clipped excess over the reference] per direction
-        step_acc = torch.zeros(4, len(self.names), dtype=torch.float64)
+        # the step's sums per direction (rows: distill.lssd.ROWS)
+        step_acc = torch.zeros(ROWS, len(self.names), dtype=torch.float64)
         faults.signal_if(self.counters.step + 1, self.dist.rank, self.dist.world)
         every = self.recipe.train.grad_similarity_every
         diagnose = bool(every) and (self.counters.step + 1) % every == 0
@@ -171,7 +178,8 @@ class Trainer:
         record = log_row(step=self.counters.step, stage_step=self.counters.stage_step, tokens_total=self.counters.tokens,
                          skipped=self.counters.skipped_steps, names=self.names, stage=st, acc=acc, memory=memory,
                          dist=self.dist, lr=self.engine.lr(), grad_norm=self.engine.grad_norm(), elapsed=elapsed,
-                         steps=steps, probe_s=probe_s if st.probe is not None else None)
+                         steps=steps, probe_s=probe_s if st.probe is not None else None,
+                         teacher_steps=self.teachers.teacher_step if self.teachers is not None else None)
         self.run.append(self.run.metrics, record)
         if self.tb is not None:
             self.tb.scalars(self.counters.step, record)
@@ -189,6 +197,11 @@ class Trainer:
             acc = all_reduce_sum(self.sums.take_eval())
             train = {n: float(acc[1, i] / acc[2, i]) for i, n in enumerate(self.names) if acc[2, i] > 0}
             st.policy.observe_dev(self.counters.stage_step, np.array([dev[self.names[i]] for i in st.stage_ids]))
+            if st.distill.method == "lssd" and self.teachers is not None:
+                update = self.teachers.observe(self.counters.step, dev, st.names, self.engine)
+                if update is not None:
+                    self.event("teacher_update", stage=st.progress.stage.name, directions=update.directions,
+                               dev_loss=update.best, snapshots=update.snapshots, snapshot_mb=round(update.bytes / 2**20, 2))
         obs = Observation(self.counters.step, self.counters.stage_step, st.progress.tokens,
                           st.progress.seconds, dev, train)
         ending = st.progress.observe(obs)
@@ -294,7 +307,13 @@ class Trainer:
             # Under loss_weight/token_weight the policy is not the stream's sampler: saved on its own.
             "policy": st.policy.state_dict() if st is not None and st.apply != "sample" else None,
             "surgery": st.task_step.state_dict() if st is not None and st.task_step is not None else None,
+            "teachers": self.teachers.state_dict() if self.teachers is not None else None,
         }
+
+    def shared_state(self) -> dict[str, Any] | None:
+        """What every rank holds alike and is too large for the client state: LSSD's snapshots
+        (written once, by rank 0, beside the weights)."""
+        return {"teachers": self.teachers.tensors()} if self.teachers is not None else None
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's own state: its RNG, its loss sums since the last log row and dev evaluation,
@@ -303,14 +322,16 @@ class Trainer:
         return {"torch": torch.get_rng_state(), "log": self.sums.log, "eval": self.sums.eval,
                 "target": None if st is None or st.task_step is None else st.task_step.target}
 
-    def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any]) -> None:
-        """The inverse of state_dict and rank_state_dict: the stage that was open is opened again
-        (without its transitions) and its parts take their saved state."""
+    def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any],
+                        shared: dict[str, Any] | None = None) -> None:
+        """The inverse of state_dict, rank_state_dict and shared_state: the stage that was open is
+        opened again (without its transitions) and its parts take their saved state."""
         self.counters = Counters(**state["counters"])
         if rank_state:
             torch.set_rng_state(rank_state["torch"])
-            self.sums.log.copy_(rank_state["log"])
-            self.sums.eval.copy_(rank_state["eval"])
+            self.sums.load(rank_state["log"], rank_state["eval"])
+        if self.teachers is not None and state.get("teachers") is not None:
+            self.teachers.load_state_dict(state["teachers"], (shared or {}).get("teachers", {}))
         if self.counters.finished or state.get("stream") is None:
             return
         self.open_stage(self.counters.stage, fresh=False)

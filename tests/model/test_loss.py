@@ -58,3 +58,22 @@ def test_second_derivatives_for_hessian_vector_products() -> None:
         return h
 
     torch.testing.assert_close(hvp(smoothed_nll), hvp(reference), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_distillation_output_and_gradients_match_autograd(eps: float) -> None:
+    from pipeline.model.loss import smoothed_nll_kd
+
+    g = torch.Generator().manual_seed(3)
+    logits = (2 * torch.randn(9, 23, generator=g, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, 23, (9,), generator=g)
+    q = torch.softmax(torch.randn(9, 23, generator=g, dtype=torch.float64), -1)
+    w = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    loss, nll, kd = smoothed_nll_kd(logits, target, eps, q)
+    ref_loss, ref_nll = reference(logits, target, eps)
+    ref_kd = -(q * torch.log_softmax(logits, -1)).sum(-1)  # -Σ_v q(v) log p(v)
+    for got, want in ((loss, ref_loss), (nll, ref_nll), (kd, ref_kd)):
+        torch.testing.assert_close(got, want.float(), check_dtype=False, rtol=1e-5, atol=1e-5)
+    (got,) = torch.autograd.grad((w[0] * loss.double() + w[1] * nll.double() + w[2] * kd.double()).sum(), logits)
+    (want,) = torch.autograd.grad((w[0] * ref_loss + w[1] * ref_nll + w[2] * ref_kd).sum(), logits)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
