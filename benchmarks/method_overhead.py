@@ -1,8 +1,10 @@
-"""Step time of each weighting policy, and of gradient surgery for T = 2 (hrl/lrl groups) and
-T = 8 (every direction), against plain training on the demo model and corpus.
+"""Step time of each weighting policy, of gradient surgery for T = 2 (hrl/lrl groups) and
+T = 8 (every direction), and of LSSD's teacher forward, against plain training on the demo model
+and corpus.
 
     python benchmarks/method_overhead.py --group policies   # writes benchmarks/results/policy_overhead.json
     python benchmarks/method_overhead.py --group surgery    # writes benchmarks/results/surgery_overhead.json
+    python benchmarks/method_overhead.py --group distill    # writes benchmarks/results/distill_overhead.json
 
 Each configuration is a short `mmtc run` (same data order, batches and model; each group times its
 own plain run); the step time is the mean over the log intervals after the first (which holds
@@ -30,7 +32,18 @@ def sampling(spec: str) -> str:
 
 
 PLAIN = sampling("{kind: temperature, params: {temperature: 5.0}}")
-GROUPS: dict[str, dict[str, str]] = {
+# LSSD: both runs evaluate every 10 steps (step times exclude evaluations); `when: always` makes
+# every direction distil from step 11 on, the worst case (their `stalled` rule distils less).
+EVAL10 = "train.eval_every=10"
+LSSD = "distill={method: lssd, when: always"
+GROUPS: dict[str, dict[str, str | list[str]]] = {
+    "distill": {
+        "plain": [PLAIN, EVAL10],
+        "lssd": [PLAIN, EVAL10, LSSD + "}"],
+        "lssd hard": [PLAIN, EVAL10, LSSD + ", gate: hard}"],
+        "lssd soft sentence": [PLAIN, EVAL10, LSSD + ", gate: soft, level: sentence}"],
+        "lssd fp32 snapshots": [PLAIN, EVAL10, LSSD + ", snapshot_dtype: fp32}"],
+    },
     "surgery": {
         "plain": PLAIN,
         "pcgrad T=2": surgery("{method: pcgrad, tasks: groups}"),
@@ -59,16 +72,18 @@ GROUPS: dict[str, dict[str, str]] = {
 }
 
 
-RESULTS = {"surgery": "benchmarks/results/surgery_overhead.json", "policies": "benchmarks/results/policy_overhead.json"}
+RESULTS = {"surgery": "benchmarks/results/surgery_overhead.json", "policies": "benchmarks/results/policy_overhead.json",
+           "distill": "benchmarks/results/distill_overhead.json"}
 
 
-def step_time(name: str, setting: str, every: int | None, args: argparse.Namespace,
+def step_time(name: str, setting: str | list[str], every: int | None, args: argparse.Namespace,
               out: Path) -> tuple[float, float | None]:
     """Mean seconds per step after the first log interval, and the seconds per update a gradient
     probe measured itself (`probe_s` of metrics.jsonl; None for policies without a probe)."""
     run_dir = out / args.group / name.replace(" ", "_").replace("=", "")
-    sets = ["stages=[]", setting, f"train.max_steps={args.steps}", "train.log_every=10",
-            "train.eval_every=0", "train.precision=fp32", "eval.splits=[]", *args.set]
+    sets = ["stages=[]", f"train.max_steps={args.steps}", "train.log_every=10", "train.eval_every=0",
+            f"train.precision={args.precision}", "eval.splits=[]", "eval.stage_end=false",
+            *([setting] if isinstance(setting, str) else setting), *args.set]
     cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
@@ -88,6 +103,7 @@ def main() -> None:
                     help="steps per run (default 60 for surgery; 110 for policies: past two updates of the every-50 ones)")
     ap.add_argument("--out", default="benchmarks/work/overhead")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--precision", default="fp32")
     ap.add_argument("--results", default="", help="default: benchmarks/results/<group>_overhead.json")
     ap.add_argument("--only", default="", help="comma-separated configurations; the others are kept from --results")
     args = ap.parse_args()
@@ -95,7 +111,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dest = Path(args.results or RESULTS[args.group])
-    args.steps = args.steps or {"surgery": 60, "policies": 110}[args.group]
+    args.steps = args.steps or {"surgery": 60, "policies": 110, "distill": 60}[args.group]
     only = [c for c in args.only.split(",") if c]
     unknown = sorted(set(only) - set(CONFIGS))
     if unknown:
@@ -103,7 +119,7 @@ def main() -> None:
     kept = json.loads(dest.read_text()) if only and dest.is_file() else {}
     results = kept.get("seconds_per_step", {})
     probed = kept.get("probe_seconds_per_update", {})
-    every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", v))}
+    every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", str(v)))}
     for name, s in CONFIGS.items():
         if not only or name in only:
             results[name], probe = step_time(name, s, every.get(name), args, out)
@@ -122,7 +138,7 @@ def main() -> None:
                  if name in every else "")
         print(f"{name:<24}{t:>9.3f}{t / base:>9.3f}{extra}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": "fp32",
+    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": args.precision,
                                 "hardware": hardware(), "overrides": args.set,
                                 "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()},
                                 "every": every, "extra_seconds_per_update": per_update,

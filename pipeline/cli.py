@@ -27,6 +27,7 @@ EPILOG = """examples:
   mmtc doremi runs/uniform --recipe stages/demo.yaml --out stages/doremi.yaml   # proxy + averaged weights
   mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
   mmtc compare runs/a runs/b --out cmp --baseline runs/a   # runs side by side, Pareto front
+  mmtc distill runs/x --corpus corpus.yaml --out distilled --nproc 2   # sequence-level KD corpus
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
   mmtc data demo                             # build (and cache) the embedded demo corpus
 """
@@ -129,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     dr.add_argument("--nproc", type=int, default=1)
 
+    from pipeline.launch.distill_args import add_distill_command
+
+    add_distill_command(sub)
+
     data = sub.add_parser("data", help="corpus tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
     chk = dsub.add_parser("check", help="validate a corpus manifest (or a recipe's corpus) and print its summary")
@@ -167,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.evaluation.commands import cmd_translate
 
             return cmd_translate(args)
+        if args.command == "distill":
+            from pipeline.launch.distill_run import cmd_distill
+
+            return cmd_distill(args)
         if args.command == "data":
             from pipeline.launch.data_check import cmd_data
 

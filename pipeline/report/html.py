@@ -98,7 +98,23 @@ def stage_markdown(rep: dict[str, Any]) -> str:
         note = partial_note(sp["directions"])
         lines += (["", f"**{note}**"] if note else []) + [
             "", f"BLEU: `{sp['signatures']['bleu']}`  ", f"chrF: `{sp['signatures']['chrf']}`"]
+    lines += _distill_markdown(rep.get("distillation"), st["end_step"])
     return "\n".join(lines) + "\n"
+
+
+def _distill_markdown(dist: dict[str, Any] | None, end_step: int | None) -> list[str]:
+    """LSSD's teachers at the stage's end: when each direction's froze (its convergence point)."""
+    if not dist:
+        return []
+    out = ["", f"## LSSD teachers (gate {dist['gate']}, level {dist['level']}, weight {dist['weight']}, "
+               f"distil when {dist['when']})", "",
+           "| direction | teacher from step | best dev loss | updates in stage | frozen for steps |", "|---|---:|---:|---:|---:|"]
+    for name, d in dist["directions"].items():
+        out.append(f"| {name} | {d['teacher_step'] if d['teacher_step'] is not None else '–'} | "
+                   f"{num(d['best_dev_loss'], 3)} | {d['updates_in_stage']} | "
+                   f"{d['frozen_for_steps'] if d['frozen_for_steps'] is not None else '–'} |")
+    return out + ["", f"A teacher frozen for many of the stage's steps (it ended at step {end_step}) marks a "
+                      "direction that stopped improving on dev long before the end."]
 
 
 def _md_d(d: dict[str, float], key: str, nd: int = 2) -> str:
@@ -205,6 +221,13 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
     if data.sim_rows:
         body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", plots.grad_similarity(data.sim_rows),
                                                       "gradient cosine heatmap")]
+    drows = [[f"{r['stage']['index']}: {r['stage']['name']}", name, str(d["teacher_step"]), num(d["best_dev_loss"], 3),
+              str(d["updates_in_stage"]), str(d["frozen_for_steps"])]
+             for r in reports if r.get("distillation") for name, d in r["distillation"]["directions"].items()]
+    if drows:
+        body += ["<h2>LSSD teachers: when each direction's froze</h2>",
+                 table(["stage", "direction", "teacher from step", "best dev loss", "updates in stage",
+                        "frozen for steps (to the stage's end)"], drows)]
     trows = [[f"{r['stage']['index']}: {r['stage']['name']}", str(r["training"]["steps"]), str(r["training"]["tokens"]),
               num(r["training"]["wall_s"]), num(r["training"]["tokens_per_s"], 0),
               ", ".join(f"{s} {num(v.get('eval_seconds'))} s" for s, v in r["splits"].items())] for r in reports]

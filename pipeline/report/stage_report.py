@@ -133,6 +133,27 @@ def _training(data: RunData, st: Stage) -> dict[str, Any]:
             "final_lr": rows[-1]["lr"] if rows else None, "final_train_loss": rows[-1]["loss"] if rows else None}
 
 
+def _distillation(data: RunData, st: Stage) -> dict[str, Any] | None:
+    """LSSD's teachers at the stage's end, per direction: the evaluation its teacher comes from, how
+    many times it changed in the stage, and for how many steps before the end it had stopped
+    changing (a direction whose teacher froze early had converged; Huang et al.'s picture)."""
+    cfg = data.recipe.stage_distill(data.recipe.resolved_stages()[st.index])
+    if cfg.method == "none":
+        return None
+    end = st.end_step if st.end_step is not None else st.start_step
+    updates = [e for e in data.events if e.get("event") == "teacher_update" and e["step"] <= end]
+    dirs: dict[str, Any] = {}
+    for name in st.directions:
+        mine = [e for e in updates if name in e["directions"]]
+        last = mine[-1] if mine else None
+        dirs[name] = {"teacher_step": last["step"] if last else None,
+                      "best_dev_loss": last["dev_loss"][name] if last else None,
+                      "updates_in_stage": sum(1 for e in mine if e["step"] > st.start_step),
+                      "frozen_for_steps": end - last["step"] if last else None}
+    return {"method": cfg.method, "gate": cfg.gate, "level": cfg.level, "weight": cfg.weight, "when": cfg.when,
+            "directions": dirs}
+
+
 def stage_report(data: RunData, st: Stage, source: CorpusSource, prev: dict[str, Any] | None = None,
                  reevaluate: bool = False, device: Any = None) -> dict[str, Any]:
     """The stage's report, evaluating its final checkpoint on dev and test where that is missing."""
@@ -161,6 +182,7 @@ def stage_report(data: RunData, st: Stage, source: CorpusSource, prev: dict[str,
         "previous_stage": None if prev is None else {k: prev["stage"][k] for k in ("index", "name", "checkpoint")},
         "eval_config": {k: v for k, v in to_plain(data.recipe.eval).items() if k not in ("splits", "stage_end")},
         "training": _training(data, st),
+        "distillation": _distillation(data, st),
         "splits": splits,
         "versions": {"mmtc": version("mmt-curriculum"), "sacrebleu": version("sacrebleu")},
     }
