@@ -48,6 +48,12 @@ POLICIES: dict[str, dict] = {
     "excess_group_dro": {"kind": "excess_group_dro", "params": {"eta": 0.01, "reference_from": "{reference}"},
                          "every": 10},
     "doremi": {"kind": "weights", "params": {"weights": "{doremi}"}},
+    # LSSD (Huang et al. 2022) over proportional sampling (τ=1, their TED scripts' temperature), with
+    # their one-to-many weights: 0.6 for "Whole" (no gate), 0.5 for "Selective" (hard gate).
+    "lssd_t1": {"kind": "temperature", "params": {"temperature": 1.0},
+                "distill": {"method": "lssd", "weight": 0.6, "gate": "none"}},
+    "lssd_hard_t1": {"kind": "temperature", "params": {"temperature": 1.0},
+                     "distill": {"method": "lssd", "weight": 0.5, "gate": "hard"}},
     "scaling_law": {"kind": "weights", "params": {"weights": "{solved}"}},
 }
 
@@ -96,7 +102,10 @@ def resolve(sampling: dict, args: argparse.Namespace, out: Path) -> dict:
 
 def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> dict:
     run_dir = out / name
-    sets = [*args.set, "stages=[]", f"sampling={json.dumps(sampling)}", f"train.max_steps={args.steps}",
+    sampling = dict(sampling)
+    distill = sampling.pop("distill", {"method": "none"})
+    sets = [*args.set, "stages=[]", f"sampling={json.dumps(sampling)}", f"distill={json.dumps(distill)}",
+            f"train.max_steps={args.steps}",
             f"train.eval_every={max(50, args.steps // 8)}", "train.log_every=25"]
     cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite"]
     for s in sets:
@@ -104,7 +113,10 @@ def run_one(name: str, sampling: dict, args: argparse.Namespace, out: Path) -> d
     t0 = time.time()
     if not args.collect_only:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return {**collect(name, sampling, run_dir, time.time() - t0), "hardware": hardware(), "overrides": args.set}
+    row = collect(name, sampling, run_dir, time.time() - t0)
+    if distill["method"] != "none":
+        row["distill"] = distill
+    return {**row, "hardware": hardware(), "overrides": args.set}
 
 
 def collect(name: str, sampling: dict, run_dir: Path, seconds: float) -> dict:

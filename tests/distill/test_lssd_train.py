@@ -62,6 +62,24 @@ def test_teachers_are_updated_logged_and_checkpointed(reference):
     shared = torch.load(final(ref) / "shared_state.pt")
     state = torch.load(final(ref) / "mp_rank_00_model_states.pt", weights_only=False)["teachers"]
     assert sorted(shared["teachers"]) == state["snapshots"] and state["last_eval"] == 9
+    # the stage report's picture: each direction's teacher and since when it is frozen
+    from pipeline.report.html import stage_markdown
+    from pipeline.report.rundata import load_run_data
+    from pipeline.report.stage_report import _distillation
+    from pipeline.rundir.layout import RunDir
+
+    data = load_run_data(RunDir(ref))
+    dist = _distillation(data, data.stages[0])
+    for name, d in dist["directions"].items():
+        last = [u for u in updates if name in u["directions"]][-1]
+        assert d["teacher_step"] == last["step"] and d["best_dev_loss"] == last["dev_loss"][name]
+        assert d["frozen_for_steps"] == 10 - last["step"]
+        assert d["updates_in_stage"] == sum(name in u["directions"] for u in updates)
+    fake = {"stage": {"index": 0, "name": "main", "checkpoint": "x", "start_step": 0, "end_step": 10,
+                      "directions": [], "end": None}, "training": {"steps": 10, "tokens": 1, "wall_s": 1.0,
+            "tokens_per_s": 1.0, "skipped_steps": 0}, "run": {"name": "t"}, "previous_stage": None, "splits": {},
+            "distillation": dist}
+    assert "LSSD teachers" in stage_markdown(fake) and "| eng-pig |" in stage_markdown(fake)
 
 
 @pytest.mark.parametrize("kill", [6, 7])
