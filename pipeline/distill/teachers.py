@@ -60,6 +60,8 @@ class TeacherBank:
         self.runner = runner.to(device=device, dtype=self.dtype).eval()
         for p in self.runner.parameters():
             p.requires_grad_(False)
+            # Its own weights are never used (every call passes a snapshot's): hold none of them.
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         self._call = _TargetLogits(self.runner)
         self.best = np.full(len(names), math.inf)
         self.teacher_step = np.full(len(names), -1, dtype=np.int64)  # -1: no teacher yet

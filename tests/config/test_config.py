@@ -127,3 +127,19 @@ def test_only_the_demo_filters_its_evaluation_sets():
             assert data.filter_eval and data.allow_eval_drops
         else:  # before: every recipe inherited the demo's filtered test sets
             assert not data.filter_eval and not data.allow_eval_drops, recipe
+
+
+def test_lssd_settings_are_checked_per_stage_and_need_evaluations(tmp_path):
+    p = write(tmp_path, "distill: {method: lssd, weight: -1, gate: hard, hard_floor: 2}\n"
+                        "stages: [{name: a, distill: {method: lssd, gate: soft, level: word}}]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(p)
+    text = "\n".join(exc.value.errors)
+    assert "distill.weight: must be >= 0" in text and "distill.hard_floor: must be in [0, 1]" in text
+    assert "stages[0].distill.level: must be one of" in text
+    ok = write(tmp_path, "train: {eval_every: 10}\nstages: [{name: a}, {name: b, distill: {method: lssd}}]\n")
+    cfg = load_recipe(ok)
+    assert [cfg.stage_distill(s).method for s in cfg.resolved_stages()] == ["none", "lssd"]
+    missing = write(tmp_path, "stages: [{name: a, distill: {method: lssd}}]\n")
+    with pytest.raises(ConfigError, match="train.eval_every: distill.method lssd takes its teachers"):
+        load_recipe(missing)
