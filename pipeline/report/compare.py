@@ -62,6 +62,25 @@ def load_result(path: Path, split: str, label: str) -> RunResult:
     return RunResult(label, path, rep, rep["splits"][split], to_plain(data.recipe))
 
 
+def method_of(config: dict[str, Any]) -> str:
+    """What balances a run, per stage: its sampler, and its surgery and distillation when on."""
+    stages = config.get("stages") or [{"name": "main"}]
+    out = []
+    for st in stages:
+        parts = []
+        for key in ("sampling", "surgery", "distill"):
+            sec = st.get(key) or config.get(key) or {}
+            if key == "sampling":
+                params = sec.get("params") or {}
+                parts.append(sec.get("kind", "temperature") + (f" τ={params['temperature']}" if "temperature" in params
+                                                               and sec.get("kind") == "temperature" else ""))
+            elif sec.get("method", "none") != "none":
+                extra = f" gate={sec.get('gate', 'none')} w={sec.get('weight', 1.0)}" if key == "distill" else ""
+                parts.append(sec["method"] + extra)
+        out.append(f"{st['name']}: " + ", ".join(parts) if len(stages) > 1 else ", ".join(parts))
+    return " → ".join(out)
+
+
 def labels_for(paths: Sequence[Path]) -> list[str]:
     """Shortest distinct path suffixes: runs/a/seed1 and runs/b/seed1 stay apart."""
     parts = [p.resolve().parts for p in paths]
@@ -226,6 +245,7 @@ def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None =
                            "runs": [], "pareto": None, "significance": None, "seed_groups": None}
     for r in results:
         doc["runs"].append({"label": r.label, "path": str(r.path.resolve()), "stage": r.report["stage"]["name"],
+                            "method": method_of(r.config),
                             "checkpoint": r.split["checkpoint"], "seed": r.config.get("seed"),
                             "directions": {n: {m: r.split["directions"][n][m] for m in METRICS} for n in directions},
                             "averages": {k: {m: a[m] for m in METRICS} for k, a in r.split["averages"].items()}})

@@ -309,6 +309,8 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         for row in rows:
             cells = [c if isinstance(c, str) else (f"**{c[0]}**" if c[1] else c[0]) for c in row]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", "| run | method | checkpoint |", "|---|---|---|"]
+    lines += [f"| {r['label']} | {r.get('method', '')} | {r['checkpoint']} |" for r in doc["runs"]]
     if doc["pareto"]:
         lines += ["", "★: Pareto-optimal on (HRL average, LRL average): no other run is at least as good on both and "
                   "better on one. Figure: `plots/pareto.png`."]
@@ -324,6 +326,6 @@ def compare_page(doc: dict[str, Any], png: bytes | None) -> str:
     if png is not None:
         body += ["<h2>HRL against LRL average (Pareto-optimal runs starred and joined)</h2>",
                  figure(png, "Pareto front", "plots/pareto.png")]
-    body.append("<h2>Runs</h2>" + table(["run", "path", "checkpoint", "seed"], [
-        [r["label"], r["path"], r["checkpoint"], str(r["seed"])] for r in doc["runs"]]))
+    body.append("<h2>Runs</h2>" + table(["run", "method", "path", "checkpoint", "seed"], [
+        [r["label"], r.get("method", ""), r["path"], r["checkpoint"], str(r["seed"])] for r in doc["runs"]]))
     return page("mmtc compare", "\n".join(body))

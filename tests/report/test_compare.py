@@ -13,6 +13,7 @@ from pipeline.report.compare import (
     bootstrap_test,
     compare_runs,
     labels_for,
+    method_of,
     paired_bootstrap,
     pareto_front,
 )
@@ -168,3 +169,13 @@ def test_run_dirs_copied_without_checkpoints_still_compare(seed_runs, tmp_path):
     full, bare = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("full", "stripped"))
     assert [r["directions"] for r in bare["runs"]] == [r["directions"] for r in full["runs"]]
     assert [r["checkpoint"] for r in bare["runs"]] == [final_report(p)["stage"]["checkpoint"] for p in seed_runs[:2]]
+
+
+def test_each_run_is_described_by_its_balancing_per_stage():
+    assert method_of({"sampling": {"kind": "temperature", "params": {"temperature": 1.0}},
+                      "distill": {"method": "lssd", "gate": "hard", "weight": 0.5}}) == \
+        "temperature τ=1.0, lssd gate=hard w=0.5"
+    assert method_of({"sampling": {"kind": "temperature", "params": {"temperature": 5.0}},
+                      "surgery": {"method": "pcgrad"},
+                      "stages": [{"name": "hrl", "sampling": {"kind": "proportional"}, "surgery": {"method": "none"}},
+                                 {"name": "mix"}]}) == "hrl: proportional → mix: temperature τ=5.0, pcgrad"
