@@ -195,3 +195,25 @@ def test_chained_stage_jobs_with_a_requeue_equal_the_uninterrupted_run(setup, cl
     assert [e["tag"] for e in ev if e["event"] == "resume"] == [f"step{switch:08d}-hrl-final", tag]
     assert_equals_uninterrupted(run_dir, ref)
     assert_preempted_event(ev, tag)
+
+
+def test_distill_shards_as_a_job_array_then_merges_as_the_local_command_does(setup, cluster):
+    root, _, ref, _ = setup
+    common = [sys.executable, "-m", "pipeline", "distill", str(ref), "--corpus", str(root / "manifest.yaml"),
+              "--directions", "eng-pig,eng-upp", "--beam", "1", "--unit", "100"]
+    out = run([*common, "--out", str(root / "kd-slurm"), "--slurm", "--shards", "2", "--partition", "cpu",
+               "--cpus-per-task", "1", "--time", "10:00"], cluster, root)
+    array, merge = re.search(r"job array (\d+) .*merge as job (\d+)", out).groups()
+    logs = root / "kd-slurm" / "slurm"
+
+    def finished():
+        info = job_info(merge, cluster)
+        return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
+
+    info = wait_for(f"merge job {merge}", finished, 300, poll=1.0)
+    text = "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
+    assert info["JobState"] == "COMPLETED", f"{info}\n{text}"
+    assert len(list(logs.glob("shards-*_*.log"))) == 2  # one log per array element
+    run([*common, "--out", str(root / "kd-local")], cluster, root)
+    for d, lang in (("eng-pig", "pig"), ("eng-upp", "upp")):
+        assert (root / "kd-slurm" / d / f"train.{lang}").read_text() == (root / "kd-local" / d / f"train.{lang}").read_text()
