@@ -54,6 +54,12 @@ POLICIES: dict[str, dict] = {
                 "distill": {"method": "lssd", "weight": 0.6, "gate": "none"}},
     "lssd_hard_t1": {"kind": "temperature", "params": {"temperature": 1.0},
                      "distill": {"method": "lssd", "weight": 0.5, "gate": "hard"}},
+    # `when: always`: every direction distils from its latest best snapshot, stalled or not (at the
+    # demo's budget no direction stalls before the end, so their rule distils almost never there)
+    "lssd_always_t1": {"kind": "temperature", "params": {"temperature": 1.0},
+                       "distill": {"method": "lssd", "weight": 0.6, "gate": "none", "when": "always"}},
+    "lssd_hard_always_t1": {"kind": "temperature", "params": {"temperature": 1.0},
+                            "distill": {"method": "lssd", "weight": 0.5, "gate": "hard", "when": "always"}},
     "scaling_law": {"kind": "weights", "params": {"weights": "{solved}"}},
 }
 

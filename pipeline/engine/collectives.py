@@ -36,6 +36,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group on the normal way out: a gloo group left to the interpreter's
+    teardown can abort a finished rank ("terminate called without an active exception", seen once
+    after a complete 2-process run), failing a run that succeeded."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In place, and returned. NCCL reduces only GPU tensors: the trainer's counters live on the CPU,
     so under NCCL they make a round trip through the GPU."""

@@ -152,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.rundir.lock import hold
 
     allow = frozenset(x for x in args.allow_change.split(",") if x)
+    from pipeline.engine.collectives import shutdown
+
     if not main_rank:  # rank 0 holds the run's writer lock for all the ranks of the job
-        return train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
-    with hold(args.run_dir):
-        return train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
+        code = train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
+    else:
+        with hold(args.run_dir):
+            code = train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
+    shutdown()
+    return code
 
 
 if __name__ == "__main__":

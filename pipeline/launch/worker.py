@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pipeline.core import preemption
 from pipeline.core.hostmem import keep_freed_memory
 from pipeline.data.prepare import PreparedCorpus, load_corpus, open_recorded, record_corpus
-from pipeline.engine.collectives import barrier
+from pipeline.engine.collectives import barrier, shutdown
 from pipeline.engine.ds_engine import setup_distributed
 from pipeline.evaluation.evaluate import format_table
 from pipeline.report.stage_end import StageEndReport
@@ -107,7 +107,9 @@ def main() -> None:
     ap.add_argument("--until-stage", help="stop after this stage")
     args = ap.parse_args()
     allow = frozenset(x for x in args.allow_change.split(",") if x)
-    sys.exit(train_main(args.run_dir, args.resume, allow=allow, until_stage=args.until_stage))
+    code = train_main(args.run_dir, args.resume, allow=allow, until_stage=args.until_stage)
+    shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def method_of(config: dict[str, Any]) -> str:
                 parts.append(sec.get("kind", "temperature") + (f" τ={params['temperature']}" if "temperature" in params
                                                                and sec.get("kind") == "temperature" else ""))
             elif sec.get("method", "none") != "none":
-                extra = f" gate={sec.get('gate', 'none')} w={sec.get('weight', 1.0)}" if key == "distill" else ""
+                extra = (f" gate={sec.get('gate', 'none')} w={sec.get('weight', 1.0)} when={sec.get('when', 'stalled')}"
+                         if key == "distill" else "")
                 parts.append(sec["method"] + extra)
         out.append(f"{st['name']}: " + ", ".join(parts) if len(stages) > 1 else ", ".join(parts))
     return " → ".join(out)

@@ -174,7 +174,7 @@ def test_run_dirs_copied_without_checkpoints_still_compare(seed_runs, tmp_path):
 def test_each_run_is_described_by_its_balancing_per_stage():
     assert method_of({"sampling": {"kind": "temperature", "params": {"temperature": 1.0}},
                       "distill": {"method": "lssd", "gate": "hard", "weight": 0.5}}) == \
-        "temperature τ=1.0, lssd gate=hard w=0.5"
+        "temperature τ=1.0, lssd gate=hard w=0.5 when=stalled"
     assert method_of({"sampling": {"kind": "temperature", "params": {"temperature": 5.0}},
                       "surgery": {"method": "pcgrad"},
                       "stages": [{"name": "hrl", "sampling": {"kind": "proportional"}, "surgery": {"method": "none"}},
