@@ -62,11 +62,11 @@ def token_losses(engine: Engine, bank: TeacherBank | None, cfg: DistillConfig, a
     whether the stage distils at this step; rows whose direction has no teacher yet train on the
     label-smoothed loss alone."""
     real = tgt_out.ne(0)
-    if not active or bank is None or not bool(bank.has_teacher(direction).any()):
+    if not active or bank is None or not bool(bank.has_teacher(direction, cfg.when).any()):
         loss, nll = engine(src, tgt_in, tgt_out)
         zeros = torch.zeros_like(loss)
         return TokenLosses(loss, loss, nll, zeros, zeros, torch.zeros_like(real))
-    q, covered = bank.distributions(src, tgt_in, tgt_out, direction)
+    q, covered = bank.distributions(src, tgt_in, tgt_out, direction, cfg.when)
     loss, nll, kd = engine(src, tgt_in, tgt_out, q)
     taught = torch.zeros_like(real)
     taught[real] = covered

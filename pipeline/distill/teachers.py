@@ -89,22 +89,22 @@ class TeacherBank:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for snap in self.snapshots.values() for t in snap.values())
 
-    def teaching(self) -> np.ndarray:
+    def teaching(self, when: str | None = None) -> np.ndarray:
         """Bool per direction: whether it distils now. Under `when: stalled` (their
         `whether_to_online_distillation`: the language's best epoch is before the latest validated
         one) a direction that improved at the latest evaluation trains on the plain loss until an
         evaluation finds it stalled."""
         has = self.teacher_step >= 0
-        return has if self.when == "always" else has & (self.teacher_step < self.last_eval)
+        return has if (when or self.when) == "always" else has & (self.teacher_step < self.last_eval)
 
-    def has_teacher(self, direction: torch.Tensor) -> torch.Tensor:
-        """Bool per row: whether the row's direction distils now (`teaching`)."""
-        return torch.from_numpy(self.teaching())[direction]
+    def has_teacher(self, direction: torch.Tensor, when: str | None = None) -> torch.Tensor:
+        """Bool per row: whether the row's direction distils now (`teaching`; `when`: the stage's rule)."""
+        return torch.from_numpy(self.teaching(when))[direction]
 
     # -- the teacher forward ----------------------------------------------------------------------
     @torch.no_grad()
     def distributions(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
-                      direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      direction: torch.Tensor, when: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row through its own direction's teacher: the teacher distribution [N, V] (float32)
         of the batch's N real target tokens (the order the student's forward scores them in; zero
         rows where the row's direction has no teacher), and a bool [N] saying which have one.
@@ -115,7 +115,7 @@ class TeacherBank:
         position[real] = torch.arange(n, device=tgt_out.device)
         q = torch.zeros(n, self.runner.vocab_size, dtype=torch.float32, device=tgt_out.device)
         covered = torch.zeros(n, dtype=torch.bool, device=tgt_out.device)
-        steps = np.where(self.teaching(), self.teacher_step, -1)[direction.cpu().numpy()]
+        steps = np.where(self.teaching(when), self.teacher_step, -1)[direction.cpu().numpy()]
         for s in sorted(set(int(x) for x in steps if x >= 0)):
             rows = torch.from_numpy(np.flatnonzero(steps == s)).to(src.device)
             weights = {f"model.{k}": v.to(self.device, non_blocking=True) for k, v in self.snapshots[s].items()}

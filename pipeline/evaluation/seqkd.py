@@ -136,6 +136,7 @@ def run_shard(out: Path, shard: int, shards: int, device: torch.device, log: Cal
     sources: dict[str, ChunkSource] = {}
     meter = Progress(f"distill shard {shard}/{shards}", sum(_unit_size(plan, u) for u in mine), log, unit="sentences")
     cap = model.max_positions - 2
+    cached: tuple[tuple[str, int] | None, Any] = (None, None)
     for direction, k in mine:
         if direction not in sources:
             sources[direction] = open_source(specs[direction].train, "error", f"{direction} train")
@@ -143,7 +144,10 @@ def run_shard(out: Path, shard: int, shards: int, device: torch.device, log: Cal
                 raise ValueError(f"{direction} train changed since the distillation was planned "
                                  f"({plan.corpus}); start again with another --out")
         first = k * plan.unit
-        chunk = read_chunk(sources[direction], first // CHUNK)
+        # a chunk holds CHUNK / unit of this shard's units in a row: read it once for all of them
+        if cached[0] != (direction, first // CHUNK):
+            cached = ((direction, first // CHUNK), read_chunk(sources[direction], first // CHUNK))
+        chunk = cached[1]
         lo = first - chunk.first
         src, ref = chunk.src[lo : lo + plan.unit], chunk.tgt[lo : lo + plan.unit]
         kept = [i for i, s in enumerate(src) if s is not None and s.strip()]
