@@ -30,6 +30,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "multidds": ("stages/temperature_t5.yaml",
                  ["sampling={kind: multidds, params: {lr: 0.05, probe_tokens: 1000}, every: 50}"]),
     "pcgrad": ("stages/temperature_t5.yaml", ["surgery={method: pcgrad, tasks: groups}", "train.precision=amp_bf16"]),
+    # LSSD (Huang et al. 2022) over τ=1, their TED scripts' temperature, with their one-to-many
+    # weights (0.6 no gate, "Whole"; 0.5 hard gate, "Selective") and their rule (`when: stalled`)
+    "lssd": ("stages/temperature_t1.yaml", ["distill={method: lssd, weight: 0.6, gate: none}"]),
+    "lssd_hard": ("stages/temperature_t1.yaml", ["distill={method: lssd, weight: 0.5, gate: hard}"]),
 }
 
 

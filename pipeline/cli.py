@@ -27,6 +27,7 @@ EPILOG = """examples:
   mmtc doremi runs/uniform --recipe stages/demo.yaml --out stages/doremi.yaml   # proxy + averaged weights
   mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
   mmtc compare runs/a runs/b --out cmp --baseline runs/a   # runs side by side, Pareto front
+  mmtc average runs/x --last 5 --out avg-last5   # then: mmtc eval runs/x --checkpoint avg-last5
   mmtc distill runs/x --corpus corpus.yaml --out distilled --nproc 2   # sequence-level KD corpus
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
   mmtc data demo                             # build (and cache) the embedded demo corpus
@@ -93,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--tgt", required=True, help="target language code, e.g. fra")
     tr.add_argument("--beam", type=int)
     tr.add_argument("--checkpoint")
+
+    av = sub.add_parser("average", help="average K committed checkpoints into a new tag (fairseq's average_checkpoints)")
+    av.add_argument("run_dir")
+    pick = av.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--last", type=int, metavar="K", help="the K newest committed checkpoints")
+    pick.add_argument("--best", type=int, metavar="K",
+                      help="the K with the lowest mean dev loss (logged at their step) over --group")
+    av.add_argument("--by", choices=["dev_loss"], default="dev_loss", help="what --best ranks by")
+    av.add_argument("--group", default="all", help="a direction group (hrl, lrl, ...) or all (default)")
+    av.add_argument("--out", required=True, metavar="TAG", help="the new tag's name (not starting with 'step')")
 
     sw = sub.add_parser("sweep", help="short runs at several sampling ratios (for the scaling law and the Pareto front)")
     sw.add_argument("recipe")
@@ -172,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.evaluation.commands import cmd_translate
 
             return cmd_translate(args)
+        if args.command == "average":
+            from pipeline.checkpoint.average import average_run
+
+            print(average_run(args.run_dir, args.out, args.last, args.best, args.group))
+            return 0
         if args.command == "distill":
             from pipeline.launch.distill_run import cmd_distill
 

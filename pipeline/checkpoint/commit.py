@@ -44,15 +44,17 @@ class Committed:
         return int(self.meta["step"])
 
 
-def commit(root: Path, tag: str, meta: dict[str, Any]) -> Committed:
-    """Checksum every file of the tag, then mark it committed and point LATEST at it."""
+def commit(root: Path, tag: str, meta: dict[str, Any], point_latest: bool = True) -> Committed:
+    """Checksum every file of the tag, then mark it committed and (unless told not to) point
+    LATEST at it."""
     path = root / tag
     files = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != COMMIT):
         files[str(f.relative_to(path))] = {"bytes": f.stat().st_size, "blake2b": file_digest(f)}
     record = dict(meta, tag=tag, files=files, committed_at=time.time())
     atomic_write_text(path / COMMIT, json.dumps(record, indent=1))
-    atomic_write_text(root / LATEST, tag + "\n")
+    if point_latest:
+        atomic_write_text(root / LATEST, tag + "\n")
     return Committed(tag, path, record)
 
 

@@ -2,12 +2,15 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from pipeline.checkpoint.average import average_run
 
 from corpus_factory import two_stage_recipe, write_corpus
 
@@ -332,3 +335,32 @@ def test_logged_monitor_values_are_the_ones_the_decision_used(setup):
     at_switch = next(r for r in rows if r["step"] == t and "monitors" in r)
     # before: the row held the values from before this evaluation (fired: null at the switch)
     assert at_switch["monitors"]["plateau"]["fired"] is not None
+
+
+def test_mmtc_average_selects_averages_and_eval_reads_the_tag(setup, mmtc_env, tmp_path):
+    root, _, ref, _ = setup
+    run = Path(shutil.copytree(ref, tmp_path / "run"))
+    ckpts = run / "checkpoints"
+    saved = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step"))
+    average_run(str(run), "last2", last=2)
+    assert json.loads((ckpts / "last2" / "COMMIT.json").read_text())["averaged_from"] == saved[-2:]
+    a, b = (tensors(ckpts / name) for name in saved[-2:])
+    avg = torch.load(ckpts / "last2" / "consolidated.pt", weights_only=True)
+    for name, value in avg.items():
+        assert torch.equal(value, (a[f"module.{name}"].float() + b[f"module.{name}"].float()) / 2), name
+    # --best: the checkpoint whose step's logged evaluation has the lowest mean hrl dev loss
+    average_run(str(run), "best1", best=1, group="hrl")
+    hrl = [n for n, d in json.loads((run / "data_summary.json").read_text())["directions"].items()
+           if d["group"] == "hrl"]
+    dev = {r["step"]: r["dev_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if "dev_loss" in r}
+    scored = sorted((sum(dev[int(n[4:12])][d] for d in hrl) / len(hrl), n) for n in saved if int(n[4:12]) in dev)
+    assert len(scored) >= 2 and scored[0][0] < scored[1][0]
+    assert json.loads((ckpts / "best1" / "COMMIT.json").read_text())["averaged_from"] == [scored[0][1]]
+    # an average of one checkpoint translates as that checkpoint does; LATEST is untouched
+    last = (ckpts / "LATEST").read_text().strip()
+    mmtc(["average", str(run), "--last", "1", "--out", "last1"], mmtc_env, root)
+    scores = [mmtc(["eval", str(run), "--checkpoint", tag, "--max-sentences", "8"], mmtc_env, root).stdout
+              for tag in ("last1", last)]
+    assert scores[0].splitlines()[0] == "checkpoint last1" and scores[0].splitlines()[1:] == scores[1].splitlines()[1:]
+    assert (ckpts / "LATEST").read_text().strip() == last

@@ -1,0 +1,151 @@
+"""Checkpoint averaging, as fairseq's `scripts/average_checkpoints.py` does it: the mean of the
+parameters of K committed checkpoints (summed in float32 in the order given, then divided by K),
+written as a new committed tag that `mmtc eval` and `mmtc translate` read like any other.
+
+The new tag's name must not start with "step": discovery (resume, the default checkpoint) only
+looks at those, so an average never becomes the point a run resumes from, and LATEST is left
+alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.checkpoint import commit as ckpt
+from pipeline.checkpoint.weights import consolidated_state
+from pipeline.rundir.layout import RunDir
+
+
+def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """fairseq's rule: half tensors are summed as float, float tensors divided by K, integer
+    ones floor-divided. Every state must have the same keys and shapes."""
+    if not states:
+        raise ValueError("nothing to average: no checkpoints were selected")
+    keys = list(states[0])
+    summed: dict[str, torch.Tensor] = {}
+    for i, state in enumerate(states):
+        if list(state) != keys:
+            missing = sorted(set(keys) ^ set(state))
+            raise ValueError(f"checkpoint {i} has other parameters than checkpoint 0: {missing[:5]}")
+        for k in keys:
+            p = state[k].float() if state[k].dtype == torch.float16 else state[k]
+            if k not in summed:
+                summed[k] = p.detach().clone()
+            elif p.shape != summed[k].shape:
+                raise ValueError(f"{k}: shape {tuple(p.shape)} in checkpoint {i}, {tuple(summed[k].shape)} in 0")
+            else:
+                summed[k] += p
+    for v in summed.values():
+        if v.is_floating_point():
+            v.div_(len(states))
+        else:
+            v //= len(states)
+    return summed
+
+
+def committed_tags(root: Path) -> list[ckpt.Committed]:
+    """The run's committed, intact training checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in sorted(q for q in root.iterdir() if q.is_dir() and q.name.startswith("step")):
+        meta, _ = ckpt.verify(p)
+        if meta is not None:
+            found.append(ckpt.Committed(p.name, p, meta))
+    return found
+
+
+@dataclass(frozen=True)
+class Selection:
+    tags: list[ckpt.Committed]
+    how: str
+    scores: dict[str, float]  # tag -> the score it was chosen by (best-K only)
+    skipped: list[str]  # tags passed over, and why
+
+
+def select_last(tags: list[ckpt.Committed], k: int) -> Selection:
+    if k < 1:
+        raise ValueError(f"--last {k}: must be at least 1")
+    if len(tags) < k:
+        raise ValueError(f"--last {k}: the run has {len(tags)} committed checkpoint(s)")
+    return Selection(tags[-k:], f"last {k}", {}, [])
+
+
+def select_best(tags: list[ckpt.Committed], dev_rows: list[dict], k: int, directions: list[str],
+                group: str) -> Selection:
+    """The K tags with the lowest mean dev loss over `directions`, read from the evaluation
+    logged at each tag's step; a tag whose step had no evaluation of all of them is skipped."""
+    if k < 1:
+        raise ValueError(f"--best {k}: must be at least 1")
+    at_step = {int(r["step"]): r["dev_loss"] for r in dev_rows if r.get("dev_loss")}  # a later row wins
+    scores: dict[str, float] = {}
+    skipped = []
+    for t in tags:
+        dev = at_step.get(t.step)
+        if dev is None or any(d not in dev for d in directions):
+            skipped.append(f"{t.tag} (no dev evaluation of group {group} at step {t.step})")
+            continue
+        scores[t.tag] = sum(dev[d] for d in directions) / len(directions)
+    if len(scores) < k:
+        raise ValueError(f"--best {k}: only {len(scores)} checkpoint(s) have a dev evaluation at their step "
+                         f"(skipped: {', '.join(skipped) or 'none'}); save at evaluation steps "
+                         "(train.save_every a multiple of train.eval_every)")
+    best = sorted(scores, key=lambda tag: (scores[tag], tag))[:k]
+    chosen = [t for t in tags if t.tag in best]  # in step order, as fairseq sums them
+    return Selection(chosen, f"best {k} by dev_loss of {group}", {t: scores[t] for t in best}, skipped)
+
+
+def group_directions(run: RunDir, group: str) -> list[str]:
+    summary = json.loads(run.data_summary.read_text())["directions"]
+    names = [n for n, d in summary.items() if group == "all" or d.get("group") == group]
+    if not names:
+        groups = sorted({str(d.get("group")) for d in summary.values()})
+        raise ValueError(f"--group {group}: no direction of this run is in it (groups: {', '.join(groups)}, or all)")
+    return names
+
+
+def write_average(root: Path, out: str, selection: Selection) -> ckpt.Committed:
+    if out.startswith("step") or "/" in out or out.startswith(".") or not out:
+        raise ValueError(f"--out {out!r}: a tag name not starting with 'step' (those are the run's own "
+                         "checkpoints, which resume reads), without '/'")
+    if (root / out).exists():
+        raise ValueError(f"{root / out} exists; choose another --out (an average is never overwritten)")
+    states = [consolidated_state(t.path, int(t.meta.get("zero_stage", 0))) for t in selection.tags]
+    averaged = average_states(states)
+    tmp = root / f".{out}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(averaged, tmp / "consolidated.pt")
+    tmp.rename(root / out)
+    last = selection.tags[-1].meta
+    meta = {"step": max(t.step for t in selection.tags), "stage": last.get("stage"), "final": False,
+            "zero_stage": 0, "world": 1, "averaged_from": [t.tag for t in selection.tags],
+            "selection": selection.how, "scores": selection.scores}
+    return ckpt.commit(root, out, meta, point_latest=False)
+
+
+def average_run(run_dir: str, out: str, last: int | None = None, best: int | None = None,
+                group: str = "all") -> str:
+    """`mmtc average`: select, average, commit; the text printed."""
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml there (not a run directory)")
+    tags = committed_tags(run.checkpoints)
+    if best is not None:
+        rows = [r for r in run.read_jsonl(run.metrics) if "dev_loss" in r]
+        selection = select_best(tags, rows, best, group_directions(run, group), group)
+    else:
+        selection = select_last(tags, last if last is not None else 1)
+    done = write_average(run.checkpoints, out, selection)
+    lines = [f"averaged {len(selection.tags)} checkpoint(s), {selection.how}:"]
+    lines += [f"  {t.tag}" + (f"  dev loss {selection.scores[t.tag]:.4f}" if t.tag in selection.scores else "")
+              for t in selection.tags]
+    lines += [f"  skipped {s}" for s in selection.skipped]
+    lines.append(f"wrote {done.path} (use --checkpoint {out} with mmtc eval / translate)")
+    return "\n".join(lines)
