@@ -138,8 +138,7 @@ def average_run(run_dir: str, out: str, last: int | None = None, best: int | Non
         raise FileNotFoundError(f"{run_dir}: no config.yaml there (not a run directory)")
     tags = committed_tags(run.checkpoints)
     if best is not None:
-        rows = [r for r in run.read_jsonl(run.metrics) if "dev_loss" in r]
-        selection = select_best(tags, rows, best, group_directions(run, group), group)
+        selection = select_best(tags, run.read_jsonl(run.metrics), best, group_directions(run, group), group)
     else:
         selection = select_last(tags, last if last is not None else 1)
     done = write_average(run.checkpoints, out, selection)
