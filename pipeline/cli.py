@@ -28,6 +28,8 @@ EPILOG = """examples:
   mmtc report runs/x                         # per-stage reports and runs/x/reports/index.html
   mmtc compare runs/a runs/b --out cmp --baseline runs/a   # runs side by side, Pareto front
   mmtc average runs/x --last 5 --out avg-last5   # then: mmtc eval runs/x --checkpoint avg-last5
+  mmtc export runs/x --format hf --out models/x        # transformers' AutoModelForSeq2SeqLM loads it
+  mmtc export runs/x --format ctranslate2 --quantization int8 --out models/x-ct2
   mmtc distill runs/x --corpus corpus.yaml --out distilled --nproc 2   # sequence-level KD corpus
   mmtc data check corpus.yaml                # validate a corpus manifest and print its summary
   mmtc data demo                             # build (and cache) the embedded demo corpus
@@ -144,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     from pipeline.launch.distill_args import add_distill_command
 
     add_distill_command(sub)
+    from pipeline.export.commands import add_export_command
+
+    add_export_command(sub)
 
     data = sub.add_parser("data", help="corpus tools")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -188,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(average_run(args.run_dir, args.out, args.last, args.best, args.group))
             return 0
+        if args.command == "export":
+            from pipeline.export.commands import cmd_export
+
+            return cmd_export(args)
         if args.command == "distill":
             from pipeline.launch.distill_run import cmd_distill
 
@@ -246,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.rundir.layout import RunDirError
         from pipeline.rundir.lock import RunLocked
 
-        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, RunLocked, FileNotFoundError, ResumeRefused, ValueError)):
+        if isinstance(exc, (DataError, DemoUnavailable, RunDirError, RunLocked, FileNotFoundError, FileExistsError,
+                            ResumeRefused, ValueError)):
             print(f"mmtc: {exc}", file=sys.stderr)
             return 2
         raise

@@ -88,7 +88,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gradients",),
     ("checkpoint",),
     ("train",),
-    ("evaluation",),
+    ("evaluation", "export"),
     ("report",),
     ("launch",),
     ("cli",),
