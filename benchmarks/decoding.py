@@ -1,12 +1,14 @@
 """Batched decoding speed against Hugging Face `generate`, with the same weights and the same outputs.
 
-    python benchmarks/decoding.py        # needs `pip install transformers`
+    python benchmarks/decoding.py        # needs the export extra: transformers, ctranslate2
 
 Batch 32, exactly 64 new tokens and eos (min length 64 on both sides, eos forced at the 65th
-token), beam 4 and greedy, 2 threads. The peer is `generate` on two `transformers` models of our
-shape: M2M100, a pre-LN encoder-decoder like ours, loaded with our weights (so that the outputs
+token), beam 4 and greedy, 2 threads. The peers: `generate` on two `transformers` models of our
+shape: Pegasus holding our weights as `mmtc export --format hf` writes it (so that the outputs
 must agree token for token, which this script counts), and MarianMT (post-LN, random weights: the
-same work per step; the issue's anchor). Banned tokens match (pad and bos). Timings alternate
+same work per step; the issue's anchor); and CTranslate2 in float32 and int8, converted from that
+Pegasus by CTranslate2's converter as `mmtc export --format ctranslate2` does (agreement counted
+too). Banned tokens match (pad and bos). Timings alternate
 between the contenders, `--reps` rounds, and report the median. Writes
 benchmarks/results/decoding.json.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +26,13 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.export.hf_model import pegasus_config, to_pegasus
 from pipeline.model.decode import beam_search, greedy_search
 from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
 
 from throughput import marian  # noqa: E402  (same directory)
 
-PAD, BOS, EOS = 0, 2, 3
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 def sources(batch: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -41,63 +45,45 @@ def sources(batch: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return src
 
 
-def m2m100_with_weights_of(ours: Seq2SeqTransformer):
-    """transformers' M2M100 (pre-LN, sinusoidal positions, tied embeddings) holding `ours`' weights."""
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
+def pegasus_with_weights_of(ours: Seq2SeqTransformer):
+    """What `mmtc export --format hf` writes: transformers' Pegasus holding `ours`' weights."""
+    return to_pegasus(ours, pegasus_config(ours, PAD, BOS, EOS, UNK))
 
-    a, d = ours.arch, ours.arch.d_model
-    cfg = M2M100Config(vocab_size=ours.vocab_size, d_model=d, encoder_layers=a.encoder_layers,
-                       decoder_layers=a.decoder_layers, encoder_attention_heads=a.heads,
-                       decoder_attention_heads=a.heads, encoder_ffn_dim=a.ffn_dim, decoder_ffn_dim=a.ffn_dim,
-                       activation_function="relu", dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                       encoder_layerdrop=0.0, decoder_layerdrop=0.0, scale_embedding=True,
-                       max_position_embeddings=a.max_positions, pad_token_id=PAD, bos_token_id=BOS,
-                       eos_token_id=EOS, decoder_start_token_id=BOS, tie_word_embeddings=True)
-    hf = M2M100ForConditionalGeneration(cfg).eval()
-    m = hf.model
 
-    def put(linear, weight, bias) -> None:
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
+def ctranslate2_of(hf, vocab: int, workdir: Path, quantization: str):
+    """The HF model through CTranslate2's own converter, as `mmtc export --format ctranslate2`
+    does (a word-level stand-in tokenizer: these inputs are ids, not text)."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
-    def put_attn(attn, w, b) -> None:  # w, b: the fused q, k, v projection
-        for proj, wi, bi in zip((attn.q_proj, attn.k_proj, attn.v_proj), w.split(d), b.split(d)):
-            put(proj, wi, bi)
+    hf_dir, out = workdir / "hf", workdir / f"ct2-{quantization}"
+    if not hf_dir.exists():
+        hf.save_pretrained(hf_dir)
+        words = {piece(i): i for i in range(vocab)}
+        PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token=piece(UNK))),
+                                pad_token=piece(PAD), unk_token=piece(UNK), bos_token=piece(BOS),
+                                eos_token=piece(EOS)).save_pretrained(hf_dir)
+    TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization, force=True)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["bos_token"] = cfg["decoder_start_token"] = piece(BOS)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return ctranslate2.Translator(str(out), device="cpu", compute_type=quantization, inter_threads=1,
+                                  intra_threads=torch.get_num_threads())
 
-    def put_norm(hf_norm, norm) -> None:
-        put(hf_norm, norm.weight, norm.bias)
 
-    with torch.no_grad():
-        m.shared.weight.copy_(ours.embed.weight)
-        for stack in (m.encoder, m.decoder):
-            # HF numbers real tokens from padding_idx + 1; our table numbers them from 0.
-            table = stack.embed_positions.weights
-            table.zero_()
-            table[PAD + 1 : PAD + 1 + ours.positions.shape[0]] = ours.positions[: table.shape[0] - PAD - 1]
-        for hl, ol in zip(m.encoder.layers, ours.encoder):
-            put_attn(hl.self_attn, ol.attn.qkv.weight, ol.attn.qkv.bias)
-            put(hl.self_attn.out_proj, ol.attn.out.weight, ol.attn.out.bias)
-            put_norm(hl.self_attn_layer_norm, ol.ln1)
-            put_norm(hl.final_layer_norm, ol.ln2)
-            put(hl.fc1, ol.ffn.fc1.weight, ol.ffn.fc1.bias)
-            put(hl.fc2, ol.ffn.fc2.weight, ol.ffn.fc2.bias)
-        cross_w, cross_b = ours.cross_kv.weight.split(2 * d), ours.cross_kv.bias.split(2 * d)
-        for i, (hl, ol) in enumerate(zip(m.decoder.layers, ours.decoder)):
-            put_attn(hl.self_attn, ol.self_attn.qkv.weight, ol.self_attn.qkv.bias)
-            put(hl.self_attn.out_proj, ol.self_attn.out.weight, ol.self_attn.out.bias)
-            put(hl.encoder_attn.q_proj, ol.cross_q.weight, ol.cross_q.bias)
-            (kw, vw), (kb, vb) = cross_w[i].split(d), cross_b[i].split(d)
-            put(hl.encoder_attn.k_proj, kw, kb)
-            put(hl.encoder_attn.v_proj, vw, vb)
-            put(hl.encoder_attn.out_proj, ol.cross_out.weight, ol.cross_out.bias)
-            put_norm(hl.self_attn_layer_norm, ol.ln1)
-            put_norm(hl.encoder_attn_layer_norm, ol.ln2)
-            put_norm(hl.final_layer_norm, ol.ln3)
-            put(hl.fc1, ol.ffn.fc1.weight, ol.ffn.fc1.bias)
-            put(hl.fc2, ol.ffn.fc2.weight, ol.ffn.fc2.bias)
-        put_norm(m.encoder.layer_norm, ours.enc_norm)
-        put_norm(m.decoder.layer_norm, ours.dec_norm)
-    return hf
+def piece(i: int) -> str:
+    return {PAD: "<pad>", UNK: "<unk>", BOS: "<s>", EOS: "</s>"}.get(i, f"t{i}")
+
+
+def ct2_translate(translator, src: torch.Tensor, beam: int, n: int) -> list[list[int]]:
+    # Exactly n tokens (CTranslate2 ends a hypothesis at its length limit without scoring eos).
+    batch = [[piece(t) for t in row if t != PAD] for row in src.tolist()]
+    res = translator.translate_batch(batch, beam_size=beam, min_decoding_length=n, max_decoding_length=n,
+                                     length_penalty=1.0,
+                                     suppress_sequences=[[piece(PAD)], [piece(BOS)]])
+    return [[int(t[1:]) if t.startswith("t") else -1 for t in r.hypotheses[0] if t != piece(EOS)] for r in res]
 
 
 def teacher_forced_gap(ours: Seq2SeqTransformer, hf, src: torch.Tensor) -> float:
@@ -163,12 +149,14 @@ def main() -> None:
     torch.manual_seed(0)
     arch = resolve_arch(ModelConfig(preset=args.preset, dropout=0.0))
     ours = Seq2SeqTransformer(arch, args.vocab, PAD).eval()
-    same = m2m100_with_weights_of(ours)
+    same = pegasus_with_weights_of(ours)
+    workdir = Path(tempfile.mkdtemp(prefix="decoding-ct2-"))
+    ct2 = {q: ctranslate2_of(same, args.vocab, workdir, q) for q in ("float32", "int8")}
     other = marian(arch, args.vocab).eval()
     src = sources(args.batch, args.vocab)
     n = args.new_tokens
     gap = teacher_forced_gap(ours, same, src)
-    print(f"teacher-forced log-prob gap, mmtc vs M2M100 with the same weights: {gap:.2e}")
+    print(f"teacher-forced log-prob gap, mmtc vs the HF export (Pegasus) with the same weights: {gap:.2e}")
     results: dict[str, object] = {}
     for beam in (4, 1):
         if beam == 1:
@@ -187,19 +175,26 @@ def main() -> None:
             a = sequence_scores(ours, src[rows], [ours_out[i] for i in differ])
             b = sequence_scores(ours, src[rows], [theirs_out[i] for i in differ])
             gaps = [{"tokens": round(x[0] - y[0], 4), "tokens_and_eos": round(x[1] - y[1], 4)} for x, y in zip(a, b)]
-        secs = alternate({"mmtc": mine, "m2m100": lambda beam=beam: hf_generate(same, src, beam, n),
-                          "marian": lambda beam=beam: hf_generate(other, src, beam, n)}, args.reps)
+        ct2_same = {q: sum(a == b for a, b in zip(ours_out, ct2_translate(t, src, beam, n))) for q, t in ct2.items()}
+        secs = alternate({"mmtc": mine, "pegasus": lambda beam=beam: hf_generate(same, src, beam, n),
+                          "marian": lambda beam=beam: hf_generate(other, src, beam, n),
+                          **{f"ct2_{q}": (lambda t=t, beam=beam: ct2_translate(t, src, beam, n)) for q, t in ct2.items()}},
+                         args.reps)
         rate = {name: args.batch / s for name, s in secs.items()}
-        best_peer = max(rate["m2m100"], rate["marian"])
+        best_peer = max(rate["pegasus"], rate["marian"])
         results[f"beam{beam}"] = {"mmtc_sent_per_s": round(rate["mmtc"], 2),
-                                  "hf_m2m100_sent_per_s": round(rate["m2m100"], 2),
+                                  "hf_pegasus_sent_per_s": round(rate["pegasus"], 2),
                                   "hf_marian_sent_per_s": round(rate["marian"], 2),
+                                  "ct2_float32_sent_per_s": round(rate["ct2_float32"], 2),
+                                  "ct2_int8_sent_per_s": round(rate["ct2_int8"], 2),
                                   "ratio": round(rate["mmtc"] / best_peer, 2),
                                   "identical_outputs": f"{agree}/{args.batch}",
+                                  "ct2_identical_outputs": {q: f"{k}/{args.batch}" for q, k in ct2_same.items()},
                                   "score_gaps_where_different": gaps}
-        print(f"beam {beam}: mmtc {rate['mmtc']:.1f} sentences/s, HF generate M2M100 {rate['m2m100']:.1f}, "
+        print(f"beam {beam}: mmtc {rate['mmtc']:.1f} sentences/s, HF generate Pegasus {rate['pegasus']:.1f}, "
               f"MarianMT {rate['marian']:.1f}; ratio to the faster {rate['mmtc'] / best_peer:.2f}; "
-              f"outputs identical to M2M100's with the same weights: {agree}/{args.batch}"
+              f"CTranslate2 float32 {rate['ct2_float32']:.1f}, int8 {rate['ct2_int8']:.1f}; "
+              f"outputs identical to the HF export's: {agree}/{args.batch}, to CTranslate2's: {ct2_same}"
               + (f" (log-prob ours - theirs where not: {gaps})" if gaps else ""))
     dest = Path("benchmarks/results/decoding.json")
     dest.parent.mkdir(parents=True, exist_ok=True)

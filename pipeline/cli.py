@@ -21,6 +21,7 @@ EPILOG = """examples:
   mmtc status runs/x                         # stages, step, checkpoint, monitors, last events
   mmtc eval runs/x --split test              # BLEU and chrF per direction
   echo "Where is the station?" | mmtc translate runs/x --src eng --tgt fra
+  mmtc translate runs/x --src eng --tgt fra --input news.eng --output news.fra --nproc 2
   mmtc sweep stages/temperature_t1.yaml --out runs/sweep    # 7 ratios of lrl by default
   mmtc scaling fit runs/sweep/sweep.json      # L(p, D) per direction
   mmtc scaling solve runs/sweep/scaling_fit.json --recipe stages/demo.yaml --out stages/scaling.yaml
@@ -90,12 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--beam", type=int)
     ev.add_argument("--max-sentences", type=int, help="per direction (default: all)")
 
-    tr = sub.add_parser("translate", help="translate lines from stdin with a run's model")
+    tr = sub.add_parser("translate", help="translate lines of a file (or stdin) with a run's model, in order, streaming")
     tr.add_argument("run_dir")
     tr.add_argument("--src", required=True, help="source language code, e.g. eng")
     tr.add_argument("--tgt", required=True, help="target language code, e.g. fra")
-    tr.add_argument("--beam", type=int)
-    tr.add_argument("--checkpoint")
+    tr.add_argument("--input", metavar="FILE", help="one sentence per line (default: stdin)")
+    tr.add_argument("--output", metavar="FILE", help="written whole at the end (default: stdout, line by line)")
+    tr.add_argument("--beam", type=int, help="default: the recipe's eval.beam")
+    tr.add_argument("--checkpoint", help="a committed tag, an averaged one included (default: the latest)")
+    tr.add_argument("--nproc", type=int, default=1, help="worker processes, one per GPU where there are GPUs")
+    tr.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    tr.add_argument("--batch-tokens", type=int, help="source tokens per batch (default: the recipe's eval.batch_tokens)")
+    tr.add_argument("--window", type=int, default=4096,
+                    help="lines read, sorted by length and batched at a time (memory is bounded by it)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
 
     av = sub.add_parser("average", help="average K committed checkpoints into a new tag (fairseq's average_checkpoints)")
     av.add_argument("run_dir")

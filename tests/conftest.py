@@ -16,3 +16,22 @@ def mmtc_env(tmp_path_factory):
     env["MMTC_CACHE"] = str(tmp_path_factory.mktemp("mmtc-cache"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mmtc_env):
+    """A tiny run trained 40 steps (no evaluation while training), then `mmtc eval --split test
+    --beam 1 --max-sentences 32`: (root with the corpus, run dir, the evaluated tag)."""
+    import subprocess
+
+    from corpus_factory import tiny_recipe, write_corpus
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    recipe = tiny_recipe(root, write_corpus(root))
+    run = root / "run"
+    for args in (["run", str(recipe), "--run-dir", str(run), "--set", "eval.splits=[]", "--set", "eval.stage_end=false"],
+                 ["eval", str(run), "--split", "test", "--beam", "1", "--max-sentences", "32"]):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], env=mmtc_env, cwd=root, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, run, next((run / "eval").iterdir()).name

@@ -1,4 +1,4 @@
-"""`mmtc eval` and `mmtc translate`: a run's model on a split, or on lines from stdin."""
+"""`mmtc eval` and `mmtc translate`: a run's model on a split, or on lines of a file or stdin."""
 
 from __future__ import annotations
 
@@ -33,34 +33,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint.weights import load_model
+    import os
+    from pathlib import Path
+
+    import torch
+
     from pipeline.data.tokenizer import Tokenizer
-    from pipeline.evaluation.evaluate import translate_ids
+    from pipeline.evaluation.translate_file import TranslateJob, translate_stream
     from pipeline.rundir.layout import RunDir
 
     run = RunDir(args.run_dir)
-    recipe = run.load_config()
     tok = Tokenizer(run.tokenizer)
-    if args.beam:
-        recipe.eval.beam = args.beam
-    model, _ = load_model(run, recipe, tok.vocab_size, tok.pad_id, args.checkpoint)
     if args.src not in tok.languages:
         print(f"mmtc: note: {args.src!r} is not a language of this run ({', '.join(tok.languages)})", file=sys.stderr)
     if args.tgt not in tok.languages:
         print(f"mmtc: --tgt {args.tgt}: this run has no target tag for it; its languages: "
               f"{', '.join(tok.languages)}", file=sys.stderr)
         return 2
-    tag_id = tok.tag_id(args.tgt)
-    lines = [line.rstrip("\n") for line in sys.stdin]
-    ids = tok.encode([line.strip() for line in lines])
-    hyps = translate_ids(model, ids, tag_id, tok, recipe.eval, model_device(model))
-    for h in tok.decode_batch(hyps):
-        print(h)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    job = TranslateJob(args.run_dir, args.tgt, args.checkpoint, args.beam, args.batch_tokens, device)
+    total = None
+    if args.input:
+        total = count_lines(Path(args.input))
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin  # noqa: SIM115
+    tmp = None
+    if args.output:
+        out_path = Path(args.output)
+        tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+    sink = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout  # noqa: SIM115
+    try:
+        counts = translate_stream(job, source, sink, args.nproc, args.window, total,
+                                  progress=sys.stderr.isatty() and not args.quiet)
+    finally:
+        if args.input:
+            source.close()
+        if tmp:
+            sink.close()
+    if tmp:
+        tmp.replace(args.output)  # the output appears whole, or not at all
+    if counts["truncated"]:
+        print(f"mmtc: {counts['truncated']} of {counts['lines']} lines were longer than the model's "
+              "position table and were cut to fit", file=sys.stderr)
     return 0
 
 
-def model_device(model: object) -> object:
-    import torch
+def count_lines(path: object) -> int:
+    from pathlib import Path
 
-    assert isinstance(model, torch.nn.Module)
-    return next(model.parameters()).device
+    n, last = 0, b"\n"
+    with Path(str(path)).open("rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")

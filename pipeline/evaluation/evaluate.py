@@ -5,34 +5,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sacrebleu.metrics import BLEU, CHRF
 
 from pipeline.config import EvalConfig
 from pipeline.data.batches import collate, pack
 from pipeline.data.store import TokenSplit
 from pipeline.data.tokenizer import Tokenizer
+from pipeline.evaluation.metrics import ALL, BLEU_M, CHRF_M, active_metrics, score_all
 from pipeline.model.decode import beam_search, greedy_search, max_lengths
-
-
-@dataclass
-class Scores:
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
-
-
-def score(hyps: Sequence[str], refs: Sequence[str]) -> Scores:
-    bleu, chrf = BLEU(), CHRF()
-    b = bleu.corpus_score(list(hyps), [list(refs)])
-    c = chrf.corpus_score(list(hyps), [list(refs)])
-    return Scores(round(b.score, 2), round(c.score, 2), str(bleu.get_signature()), str(chrf.get_signature()))
 
 
 def _length_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -101,7 +85,8 @@ def evaluate(
     names = [n for n, _ in directions]
     tags = [tok.tag_id(lang) for _, lang in directions]
     losses = dev_loss(model, splits, names, tags, device)
-    for (name, _lang), tag_id in zip(directions, tags):
+    metrics = active_metrics()
+    for (name, lang), tag_id in zip(directions, tags):
         split = splits[name]
         assert split.texts is not None, f"{name} {split_name} has no reference texts"
         n = len(split) if cfg.max_sentences is None else min(len(split), cfg.max_sentences)
@@ -111,10 +96,11 @@ def evaluate(
         hyps = tok.decode_batch(hyp_ids)
         # "of": the pairs the split's files hold, so a table can say when it scored only part of them
         of = int((split.meta or {}).get("seen", len(split)))
-        entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4), **vars(score(hyps, refs))}
+        entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4),
+                                 **score_all(hyps, refs, lang, metrics)}
         if cfg.baseline:
-            base = score(split.texts["src"][:n], refs)
-            entry["copy_source"] = {"bleu": base.bleu, "chrf": base.chrf}
+            base = score_all(split.texts["src"][:n], refs, lang, (BLEU_M, CHRF_M))
+            entry["copy_source"] = {"bleu": base["bleu"], "chrf": base["chrf"]}
         results["directions"][name] = entry
         if out_dir is not None:
             (out_dir / split_name).mkdir(parents=True, exist_ok=True)
@@ -128,29 +114,34 @@ def evaluate(
 
 
 def averages(entries: dict[str, Any], groups: dict[str, str | None]) -> dict[str, Any]:
-    """Mean BLEU/chrF over all directions and over each group (e.g. hrl, lrl)."""
+    """Mean of each metric over all directions and over each group (e.g. hrl, lrl)."""
     sets: dict[str, list[str]] = {"all": list(entries)}
     for name in entries:
         g = groups.get(name)
         if g:
             sets.setdefault(g, []).append(name)
-    return {k: {"bleu": round(sum(entries[n]["bleu"] for n in v) / len(v), 2),
-                "chrf": round(sum(entries[n]["chrf"] for n in v) / len(v), 2), "directions": len(v)}
+    keys = [m.key for m in ALL if all(m.key in e for e in entries.values())]
+    return {k: {**{m: round(sum(entries[n][m] for n in v) / len(v), 2) for m in keys}, "directions": len(v)}
             for k, v in sets.items() if v}
 
 
 def format_table(results: dict[str, Any], groups: dict[str, str | None] | None = None) -> str:
-    rows = [f"{results['split']}: BLEU and chrF per direction (copy-the-source baseline in brackets)",
-            f"  {'direction':<12}{'group':<7}{'BLEU':>7}{'chrF':>7}   {'[BLEU':>6}{'chrF]':>7}{'loss':>8}"]
-    for name, e in results["directions"].items():
+    dirs = results["directions"]
+    cols = [m for m in ALL if dirs and all(m.key in e for e in dirs.values())]
+    rows = [f"{results['split']}: scores per direction (copy-the-source BLEU and chrF in brackets; TER: lower is better)",
+            f"  {'direction':<12}{'group':<7}" + "".join(f"{m.label:>8}" for m in cols)
+            + f"   {'[BLEU':>6}{'chrF]':>7}{'loss':>8}"]
+    for name, e in dirs.items():
         base = e.get("copy_source", {})
         g = (groups or {}).get(name) or ""
-        rows.append(f"  {name:<12}{g:<7}{e['bleu']:>7.1f}{e['chrf']:>7.1f}   "
-                    f"{base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
+        rows.append(f"  {name:<12}{g:<7}" + "".join(f"{e[m.key]:>8.1f}" for m in cols)
+                    + f"   {base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
     for k, a in results.get("averages", {}).items():
-        rows.append(f"  {'avg ' + k:<19}{a['bleu']:>7.1f}{a['chrf']:>7.1f}")
-    note = partial_note(results["directions"])
-    return "\n".join(rows + ([f"  {note}"] if note else []))
+        rows.append(f"  {'avg ' + k:<19}" + "".join(f"{a[m.key]:>8.1f}" if m.key in a else f"{'':>8}" for m in cols))
+    sigs = sorted({f"{m.label} {e[m.key + '_signature']}" for e in dirs.values() for m in cols
+                   if m.key + "_signature" in e})
+    note = partial_note(dirs)
+    return "\n".join(rows + ([f"  {note}"] if note else []) + [f"  {s}" for s in sigs])
 
 
 def partial_note(directions: dict[str, Any]) -> str:

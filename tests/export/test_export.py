@@ -8,10 +8,8 @@ import sys
 import pytest
 from sacrebleu.metrics import BLEU
 
-from corpus_factory import tiny_recipe, write_corpus
-
 pytestmark = pytest.mark.slow
-N = 32  # sentences per direction
+N = 32  # sentences per direction (tiny_run's eval)
 
 
 def mmtc(args, env, cwd, check=True):
@@ -23,18 +21,12 @@ def mmtc(args, env, cwd, check=True):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, mmtc_env):
-    root = tmp_path_factory.mktemp("export")
-    recipe = tiny_recipe(root, write_corpus(root))
-    run = root / "run"
-    mmtc(["run", str(recipe), "--run-dir", str(run), "--set", "eval.splits=[]", "--set", "eval.stage_end=false"],
-         mmtc_env, root)
-    mmtc(["eval", str(run), "--split", "test", "--beam", "1", "--max-sentences", str(N)], mmtc_env, root)
+def exported(tiny_run, mmtc_env):
+    root, run, tag = tiny_run
     mmtc(["export", str(run), "--format", "hf", "--out", str(root / "hf")], mmtc_env, root)
     for q in ("float32", "int8"):
         mmtc(["export", str(run), "--format", "ctranslate2", "--quantization", q, "--out", str(root / f"ct2-{q}")],
              mmtc_env, root)
-    tag = next((run / "eval").iterdir()).name
     scores = json.loads((run / "eval" / tag / "test.json").read_text())
     return root, run, tag, scores
 
