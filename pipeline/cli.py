@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", help="a checkpoint tag (default: the latest committed one)")
     ev.add_argument("--beam", type=int)
     ev.add_argument("--max-sentences", type=int, help="per direction (default: all)")
+    ev.add_argument("--comet", metavar="MODEL_PATH",
+                    help="add COMET from a local checkpoint (needs unbabel-comet; never downloads)")
 
     tr = sub.add_parser("translate", help="translate lines of a file (or stdin) with a run's model, in order, streaming")
     tr.add_argument("run_dir")

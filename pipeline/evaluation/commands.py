@@ -20,12 +20,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.evaluation.evaluate import format_table
     from pipeline.evaluation.run_eval import evaluate_run
 
+    scorers = []
+    if args.comet:
+        from pipeline.evaluation.metrics import CometScorer
+
+        scorers.append(CometScorer(args.comet))
     run, recipe, corpus = _run_context(args.run_dir)
     if args.beam:
         recipe.eval.beam = args.beam  # type: ignore[attr-defined]
     if args.max_sentences:
         recipe.eval.max_sentences = args.max_sentences  # type: ignore[attr-defined]
-    results = evaluate_run(run, corpus, recipe, split=args.split, tag=args.checkpoint)  # type: ignore[arg-type]
+    results = evaluate_run(run, corpus, recipe, split=args.split, tag=args.checkpoint,  # type: ignore[arg-type]
+                           scorers=scorers)
     groups = {d.name: d.group for d in corpus.manifest.directions}  # type: ignore[attr-defined]
     print(f"checkpoint {results['checkpoint']}")
     print(format_table(results, groups))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from pipeline.config import EvalConfig
 from pipeline.data.batches import collate, pack
 from pipeline.data.store import TokenSplit
 from pipeline.data.tokenizer import Tokenizer
-from pipeline.evaluation.metrics import ALL, BLEU_M, CHRF_M, active_metrics, score_all
+from pipeline.evaluation.metrics import BLEU_M, CHRF_M, SHOWN, active_metrics, score_all
 from pipeline.model.decode import beam_search, greedy_search, max_lengths
 
 
@@ -78,6 +78,7 @@ def evaluate(
     model: torch.nn.Module, tok: Tokenizer, splits: dict[str, TokenSplit], directions: Sequence[tuple[str, str]],
     cfg: EvalConfig, device: torch.device, out_dir: Path | None = None, split_name: str = "test",
     meta: dict[str, Any] | None = None, groups: dict[str, str | None] | None = None,
+    scorers: Sequence[Callable[[Sequence[str], Sequence[str], Sequence[str]], dict[str, Any]]] = (),
 ) -> dict[str, Any]:
     """directions: (name, target language). Returns and (optionally) writes the per-direction table."""
     results: dict[str, Any] = {"split": split_name, **(meta or {}), "directions": {}}
@@ -98,6 +99,8 @@ def evaluate(
         of = int((split.meta or {}).get("seen", len(split)))
         entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4),
                                  **score_all(hyps, refs, lang, metrics)}
+        for scorer in scorers:  # (sources, hypotheses, references) -> more scores, e.g. COMET
+            entry.update(scorer(split.texts["src"][:n], hyps, refs))
         if cfg.baseline:
             base = score_all(split.texts["src"][:n], refs, lang, (BLEU_M, CHRF_M))
             entry["copy_source"] = {"bleu": base["bleu"], "chrf": base["chrf"]}
@@ -120,14 +123,14 @@ def averages(entries: dict[str, Any], groups: dict[str, str | None]) -> dict[str
         g = groups.get(name)
         if g:
             sets.setdefault(g, []).append(name)
-    keys = [m.key for m in ALL if all(m.key in e for e in entries.values())]
+    keys = [m.key for m in SHOWN if all(m.key in e for e in entries.values())]
     return {k: {**{m: round(sum(entries[n][m] for n in v) / len(v), 2) for m in keys}, "directions": len(v)}
             for k, v in sets.items() if v}
 
 
 def format_table(results: dict[str, Any], groups: dict[str, str | None] | None = None) -> str:
     dirs = results["directions"]
-    cols = [m for m in ALL if dirs and all(m.key in e for e in dirs.values())]
+    cols = [m for m in SHOWN if dirs and all(m.key in e for e in dirs.values())]
     rows = [f"{results['split']}: scores per direction (copy-the-source BLEU and chrF in brackets; TER: lower is better)",
             f"  {'direction':<12}{'group':<7}" + "".join(f"{m.label:>8}" for m in cols)
             + f"   {'[BLEU':>6}{'chrF]':>7}{'loss':>8}"]

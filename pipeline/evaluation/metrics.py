@@ -32,6 +32,8 @@ BLEU_M, CHRF_M, CHRFPP_M, TER_M, SPBLEU_M = (Metric("bleu", "BLEU"), Metric("chr
 ALWAYS = (BLEU_M, CHRF_M, CHRFPP_M, TER_M)
 ALL = (*ALWAYS, SPBLEU_M)
 BY_KEY = {m.key: m for m in ALL}
+COMET_M = Metric("comet", "COMET")  # only with `mmtc eval --comet`: in its table and JSON, not in reports
+SHOWN = (*ALL, COMET_M)
 
 # ISO 639-1 and 639-3 codes (a FLORES suffix such as _Hans is ignored) -> sacrebleu tokenizer.
 LANGUAGE_TOKENIZERS = {"ja": "ja-mecab", "jpn": "ja-mecab", "zh": "zh", "zho": "zh", "cmn": "zh",
@@ -107,3 +109,28 @@ def score_all(hyps: Sequence[str], refs: Sequence[str], lang: str | None = None,
         out[m.key] = round(metric.corpus_score(list(hyps), [list(refs)]).score, 2)
         out[f"{m.key}_signature"] = str(metric.get_signature())
     return out
+
+
+class CometScorer:
+    """COMET (unbabel-comet) from a local checkpoint: never a download at run time. The system
+    score is the mean of the segment scores, as `comet-score` prints it."""
+
+    key = "comet"
+
+    def __init__(self, model_path: str, batch_size: int = 16) -> None:
+        try:
+            from comet import load_from_checkpoint
+        except ImportError as exc:
+            raise ValueError(f"--comet needs the unbabel-comet package ({exc}); pip install unbabel-comet") from exc
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"--comet {model_path}: no such checkpoint file (a model's checkpoints/model.ckpt)")
+        self.model = load_from_checkpoint(model_path)
+        self.path, self.batch_size = model_path, batch_size
+
+    def __call__(self, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
+        import comet
+
+        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs)]
+        out = self.model.predict(data, batch_size=self.batch_size, gpus=0, progress_bar=False)
+        return {"comet": round(float(out.system_score), 4),
+                "comet_signature": f"model:{self.path}|version:{getattr(comet, '__version__', '?')}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from pipeline.rundir.layout import RunDir
 
 
 def evaluate_run(run: RunDir, corpus: PreparedCorpus, recipe: RecipeConfig, split: str = "test",
-                 tag: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
+                 tag: str | None = None, device: torch.device | None = None,
+                 scorers: Sequence[Callable[..., dict[str, Any]]] = ()) -> dict[str, Any]:
     device = device or torch.device("cpu")
     model, tag_name = load_model(run, recipe, corpus.tokenizer.vocab_size, corpus.tokenizer.pad_id, tag, device)
     splits = corpus.splits[split]
@@ -23,4 +25,4 @@ def evaluate_run(run: RunDir, corpus: PreparedCorpus, recipe: RecipeConfig, spli
     groups = {d.name: d.group for d in corpus.manifest.directions}
     return evaluate(model, corpus.tokenizer, splits, directions, recipe.eval, device,
                     out_dir=Path(run.eval_dir(tag_name)), split_name=split, meta={"checkpoint": tag_name},
-                    groups=groups)
+                    groups=groups, scorers=scorers)

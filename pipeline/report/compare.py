@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.typed_yaml import to_plain
+from pipeline.evaluation.metrics import ALL, sacrebleu_metric
 from pipeline.report.stage_report import (
     build_report,
     load_run_data,
@@ -24,8 +25,8 @@ from pipeline.report.stage_report import (
 )
 from pipeline.rundir.layout import RunDir
 
-METRICS = ("bleu", "chrf")
-NAMES = {"bleu": "BLEU", "chrf": "chrF"}
+METRICS = ("bleu", "chrf")  # the score tables, the seed means and the Pareto front
+NAMES = {m.key: m.label for m in ALL}
 
 
 class CompareRefused(ValueError):
@@ -114,11 +115,20 @@ def check_comparable(results: Sequence[RunResult]) -> None:
                     f"{ref.label} and {r.label} were evaluated on different test sets: {name} has "
                     f"{x['sentences']} references (sha256 {x['references_sha256'][:12]}) in {ref.label} and "
                     f"{y['sentences']} (sha256 {y['references_sha256'][:12]}) in {r.label}")
-        for m in METRICS:
+        for m in shared_metrics(results):
             s, t = ref.split["signatures"][m], r.split["signatures"][m]
             if s != t:
                 raise CompareRefused(f"{ref.label} and {r.label} have different sacrebleu {NAMES[m]} signatures "
                                      f"({_sig_diff(s, t)}): {s!r} vs {t!r}")
+
+
+def shared_metrics(results: Sequence[RunResult]) -> list[str]:
+    """The metrics every run was scored with (runs evaluated before chrF++ and TER have BLEU and chrF)."""
+    return [m.key for m in ALL if all(m.key in r.split["signatures"] for r in results)]
+
+
+def target_language(direction: str) -> str:
+    return direction.rsplit("-", 1)[-1]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -157,18 +167,19 @@ def bootstrap_test(diffs: Sequence[float], alpha: float = ALPHA) -> tuple[list[f
 
 
 def paired_bootstrap(base: Sequence[str], systems: Sequence[tuple[str, Sequence[str]]], refs: Sequence[str],
-                     samples: int = 1000) -> dict[str, dict[str, dict[str, Any]]]:
+                     samples: int = 1000, lang: str | None = None,
+                     metric_keys: Sequence[str] = METRICS) -> dict[str, dict[str, dict[str, Any]]]:
     """{system: {metric: {score, delta, ci: [lo, hi], p, significant}}} against `base`: B paired
     resamples of the test sentences (the same for every system and metric; drawn from
     SACREBLEU_SEED or 12345, as sacrebleu's PairedTest), the corpus score of each, and
     `bootstrap_test` on the differences. sacrebleu's own bootstrap p-value tests a centred |Δ|
-    one-sidedly and came out 2-3x smaller than a two-sided test; it is not used."""
+    one-sidedly and came out 2-3x smaller than a two-sided test; it is not used. `lang` picks
+    BLEU's tokenizer as the evaluation did; TER's deltas are lower-is-better."""
     import os
 
     import numpy as np
-    from sacrebleu.metrics import BLEU, CHRF
 
-    metrics = {"bleu": BLEU(), "chrf": CHRF()}
+    metrics = {m: sacrebleu_metric(m, lang) for m in metric_keys}
     seed = int(os.environ.get("SACREBLEU_SEED", "12345"))
     idx = np.random.default_rng(seed).choice(len(refs), size=(samples, len(refs)), replace=True)
     out: dict[str, dict[str, dict[str, Any]]] = {n: {} for n, _ in systems}
@@ -242,14 +253,16 @@ def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None =
     check_comparable(results)
     directions = list(results[0].split["directions"])
     groups = {n: e["group"] for n, e in results[0].split["directions"].items()}
-    doc: dict[str, Any] = {"split": split, "signatures": results[0].split["signatures"], "directions": groups,
+    tested = shared_metrics(results)
+    doc: dict[str, Any] = {"split": split, "signatures": {m: results[0].split["signatures"][m] for m in tested},
+                           "metrics": tested, "directions": groups,
                            "runs": [], "pareto": None, "significance": None, "seed_groups": None}
     for r in results:
         doc["runs"].append({"label": r.label, "path": str(r.path.resolve()), "stage": r.report["stage"]["name"],
                             "method": method_of(r.config),
                             "checkpoint": r.split["checkpoint"], "seed": r.config.get("seed"),
-                            "directions": {n: {m: r.split["directions"][n][m] for m in METRICS} for n in directions},
-                            "averages": {k: {m: a[m] for m in METRICS} for k, a in r.split["averages"].items()}})
+                            "directions": {n: {m: r.split["directions"][n][m] for m in tested} for n in directions},
+                            "averages": {k: {m: a[m] for m in tested if m in a} for k, a in r.split["averages"].items()}})
     has_groups = all(k in results[0].split["averages"] for k in ("hrl", "lrl"))
     if seeds:
         doc["seed_groups"] = summarise_groups(seed_groups(results))
@@ -274,7 +287,8 @@ def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None =
         sig: dict[str, Any] = {"baseline": base.label, "samples": samples, "runs": {r.label: {} for r in others}}
         for name in directions:
             refs = read_lines(base.path / base.split["directions"][name]["references"])
-            res = paired_bootstrap(_hyps(base, name), [(r.label, _hyps(r, name)) for r in others], refs, samples)
+            res = paired_bootstrap(_hyps(base, name), [(r.label, _hyps(r, name)) for r in others], refs, samples,
+                                   target_language(name), tested)
             for lab, v in res.items():
                 sig["runs"][lab][name] = v
         doc["significance"] = sig

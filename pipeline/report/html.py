@@ -14,6 +14,8 @@ from typing import Any
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import environment
 from pipeline.evaluation.evaluate import partial_note
+from pipeline.evaluation.metrics import ALL as METRICS
+from pipeline.evaluation.metrics import TER_M, Metric
 from pipeline.report import plots
 from pipeline.report.rundata import RunData, stage_stem
 
@@ -84,20 +86,20 @@ def stage_markdown(rep: dict[str, Any]) -> str:
              f"{num(tr['tokens_per_s'], 0)} tokens/s, {tr['skipped_steps']} skipped steps",
              f"- compared with: {'stage ' + str(rep['previous_stage']['index']) + ' ' + rep['previous_stage']['name'] if rep['previous_stage'] else 'nothing (first stage)'}"]
     for split, sp in rep["splits"].items():
-        lines += ["", f"## {split}", "", "| direction | group | BLEU | Δ | chrF | Δ | loss | Δ | copy BLEU | copy chrF |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        ms = [m for m in METRICS if m.key in sp["signatures"]]
+        lines += ["", f"## {split}", "", "| direction | group | " + "".join(f"{m.label} | Δ | " for m in ms)
+                  + "loss | Δ | copy BLEU | copy chrF |", "|---|---|" + "---:|---:|" * (len(ms) + 1) + "---:|---:|"]
         for name, e in sp["directions"].items():
             d, cs = e["delta"] or {}, e["copy_source"] or {}
-            lines.append(f"| {name} | {e['group'] or ''} | {e['bleu']:.2f} | {_md_d(d, 'bleu')} | {e['chrf']:.2f} | "
-                         f"{_md_d(d, 'chrf')} | {e['loss']:.3f} | {_md_d(d, 'loss', 3)} | {num(cs.get('bleu'), 2)} | "
-                         f"{num(cs.get('chrf'), 2)} |")
+            lines.append(f"| {name} | {e['group'] or ''} | " + "".join(f"{e[m.key]:.2f} | {_md_d(d, m.key)} | " for m in ms)
+                         + f"{e['loss']:.3f} | {_md_d(d, 'loss', 3)} | {num(cs.get('bleu'), 2)} | {num(cs.get('chrf'), 2)} |")
         for k, a in sp["averages"].items():
             d = a["delta"] or {}
-            lines.append(f"| **avg {k}** ({a['directions']}) | | {a['bleu']:.2f} | {_md_d(d, 'bleu')} | "
-                         f"{a['chrf']:.2f} | {_md_d(d, 'chrf')} | | | | |")
+            lines.append(f"| **avg {k}** ({a['directions']}) | | "
+                         + "".join(f"{a[m.key]:.2f} | {_md_d(d, m.key)} | " if m.key in a else "| | " for m in ms) + "| | | |")
         note = partial_note(sp["directions"])
-        lines += (["", f"**{note}**"] if note else []) + [
-            "", f"BLEU: `{sp['signatures']['bleu']}`  ", f"chrF: `{sp['signatures']['chrf']}`"]
+        lines += (["", f"**{note}**"] if note else []) + [""] + [
+            f"{m.label}: `{sp['signatures'][m.key]}`  " for m in ms] + (["TER: lower is better."] if TER_M in ms else [])
     lines += _distill_markdown(rep.get("distillation"), st["end_step"])
     return "\n".join(lines) + "\n"
 
@@ -138,7 +140,7 @@ def _score_table(reports: Sequence[dict[str, Any]], split: str) -> str:
     header = ["direction", "group"]
     for r in reps:
         s = f"{r['stage']['index']}:{r['stage']['name']}"
-        header += [f"{s} BLEU", "Δ", f"{s} chrF", "Δ"] + ([f"{s} loss", "Δ"] if split == "dev" else [])
+        header += [h for m in _metrics(r, split) for h in (f"{s} {m.label}", "Δ")] + ([f"{s} loss", "Δ"] if split == "dev" else [])
     names = list(dict.fromkeys(n for r in reps for n in r["splits"][split]["directions"]))
     avgs = list(dict.fromkeys(k for r in reps for k in r["splits"][split]["averages"]))
     rows: list[list[Cell]] = []
@@ -147,18 +149,26 @@ def _score_table(reports: Sequence[dict[str, Any]], split: str) -> str:
         for r in reps:
             sp = r["splits"][split]
             e = sp["averages"].get(key[4:]) if key.startswith("avg ") else sp["directions"].get(key)
+            ms = _metrics(r, split)
             if e is None:
-                row += ["–"] * (6 if split == "dev" else 4)
+                row += ["–"] * (2 * len(ms) + (2 if split == "dev" else 0))
                 continue
             row[1] = e.get("group") or ("" if key.startswith("avg ") else "–")
-            row += [num(e["bleu"], 2), delta(e["delta"], "bleu", 2), num(e["chrf"], 2), delta(e["delta"], "chrf", 2)]
+            for m in ms:
+                row += [num(e.get(m.key), 2), delta(e["delta"], m.key, 2, lower_is_better=not m.higher_is_better)]
             if split == "dev":
                 row += ([num(e["loss"], 3), delta(e["delta"], "loss", 3, lower_is_better=True)]
                         if "loss" in e else ["", ""])
         rows.append(row)
     sig = reps[-1]["splits"][split]["signatures"]
     note = partial_note(reps[-1]["splits"][split]["directions"])
-    return table(header, rows) + (f'<p class="warn">{esc(note)}</p>' if note else "") + f"<p>BLEU <code>{esc(sig['bleu'])}</code><br>chrF <code>{esc(sig['chrf'])}</code></p>"
+    sigs = "<br>".join(f"{m.label} <code>{esc(sig[m.key])}</code>" for m in _metrics(reps[-1], split))
+    return table(header, rows) + (f'<p class="warn">{esc(note)}</p>' if note else "") + f"<p>{sigs}</p>"
+
+
+def _metrics(rep: dict[str, Any], split: str) -> list[Metric]:
+    """The metrics a report's split was scored with (older reports: BLEU and chrF only)."""
+    return [m for m in METRICS if m.key in rep["splits"][split]["signatures"]]
 
 
 def _data_table(summary: dict[str, Any]) -> str:
@@ -278,19 +288,26 @@ def _compare_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list
         tables.append(("Runs that differ only in seed: mean ± std (BLEU / chrF)",
                        ["group", "runs", *cols, "Pareto-optimal"], rows))
     sig = doc["significance"]
-    for m in ("bleu", "chrf") if sig else ():
+    for m in _doc_metrics(doc) if sig else ():
         rows = []
         for lab, per in sig["runs"].items():
             row: list[Cell] = [lab]
             for n in names:
-                v = per[n][m]
+                v = per[n][m.key]
+                better = v["delta"] > 0 if m.higher_is_better else v["delta"] < 0
                 row.append((f"{v['delta']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}] p={v['p']:.3g}",
-                            ("up" if v["delta"] > 0 else "down") if v["significant"] else ""))
+                            ("up" if better else "down") if v["significant"] else ""))
             rows.append(row)
-        tables.append((f"{'BLEU' if m == 'bleu' else 'chrF'} difference from {sig['baseline']}: Δ [95% CI] and "
+        tables.append((f"{m.label} difference from {sig['baseline']}: Δ [95% CI] and "
                        f"p (two-sided paired bootstrap, {sig['samples']} resamples; marked where p < 0.05, "
-                       "exactly where the interval excludes 0)", ["run", *names], rows))
+                       "exactly where the interval excludes 0" + ("; TER: lower is better" if not m.higher_is_better
+                                                                   else "") + ")", ["run", *names], rows))
     return tables
+
+
+def _doc_metrics(doc: dict[str, Any]) -> list[Metric]:
+    keys = doc.get("metrics") or ["bleu", "chrf"]  # comparisons written before chrF++ and TER
+    return [m for m in METRICS if m.key in keys]
 
 
 def _pair(c: Any, std: bool = False) -> str:
@@ -303,7 +320,7 @@ def _pair(c: Any, std: bool = False) -> str:
 
 def compare_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Comparison of {len(doc['runs'])} runs on {doc['split']}", "",
-             f"BLEU `{doc['signatures']['bleu']}`  ", f"chrF `{doc['signatures']['chrf']}`"]
+             *[f"{m.label} `{doc['signatures'][m.key]}`  " for m in _doc_metrics(doc)]]
     for title, header, rows in _compare_tables(doc):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for row in rows:
@@ -319,8 +336,8 @@ def compare_markdown(doc: dict[str, Any]) -> str:
 
 def compare_page(doc: dict[str, Any], png: bytes | None) -> str:
     body = [f"<h1>Comparison of {len(doc['runs'])} runs on {esc(doc['split'])}</h1>",
-            f"<p>BLEU <code>{esc(doc['signatures']['bleu'])}</code><br>chrF <code>{esc(doc['signatures']['chrf'])}"
-            "</code></p>"]
+            "<p>" + "<br>".join(f"{m.label} <code>{esc(doc['signatures'][m.key])}</code>" for m in _doc_metrics(doc))
+            + "</p>"]
     for title, header, rows in _compare_tables(doc):
         body += [f"<h2>{esc(title)}</h2>", table(header, rows)]
     if png is not None:

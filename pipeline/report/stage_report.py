@@ -21,6 +21,7 @@ from pipeline.core.hostinfo import version
 from pipeline.core.typed_yaml import to_plain
 from pipeline.data.prepare import open_recorded
 from pipeline.evaluation.evaluate import averages
+from pipeline.evaluation.metrics import ALL as METRICS
 from pipeline.evaluation.run_eval import evaluate_run
 from pipeline.report.html import stage_markdown, write_index
 from pipeline.report.rundata import RunData, Stage, load_run_data, read_lines, sha256, stage_stem  # noqa: F401  (re-exported)
@@ -95,21 +96,24 @@ def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs
     for name, e in ev["directions"].items():
         hyp = data.run.eval_dir(tag) / split / f"{name}.hyp"
         before = (prev or {}).get("directions", {}).get(name)
+        scores = {k: e[k] for m in METRICS for k in (m.key, f"{m.key}_signature") if m.key in e}
         dirs[name] = {
-            "group": groups.get(name), "sentences": e["sentences"], "of": e.get("of"), "bleu": e["bleu"], "chrf": e["chrf"],
+            "group": groups.get(name), "sentences": e["sentences"], "of": e.get("of"), **scores,
             "loss": e["loss"], "copy_source": e.get("copy_source"),
-            "bleu_signature": e["bleu_signature"], "chrf_signature": e["chrf_signature"],
             "hypotheses": str(hyp.relative_to(data.run.path)), "hypotheses_sha256": sha256(hyp),
             "references": str(refs[name].relative_to(data.run.path)), "references_sha256": sha256(refs[name]),
-            "delta": _delta(e, before, {"bleu": 2, "chrf": 2, "loss": 4}),
+            "delta": _delta(e, before, {**{m.key: 2 for m in METRICS}, "loss": 4}),
         }
     avgs = averages(dirs, groups)
     for k, a in avgs.items():
-        a["delta"] = _delta(a, (prev or {}).get("averages", {}).get(k), {"bleu": 2, "chrf": 2})
-    sigs = {m: sorted({d[f"{m}_signature"] for d in dirs.values()}) for m in ("bleu", "chrf")}
-    if any(len(s) != 1 for s in sigs.values()):
-        raise ValueError(f"{data.run.path}: {split} of {tag} was scored with mixed sacrebleu signatures: {sigs}")
-    return {"checkpoint": tag, "signatures": {m: s[0] for m, s in sigs.items()}, "directions": dirs,
+        a["delta"] = _delta(a, (prev or {}).get("averages", {}).get(k), {m.key: 2 for m in METRICS})
+    present = [m.key for m in METRICS if all(m.key in d for d in dirs.values())]
+    sigs = {m: sorted({d[f"{m}_signature"] for d in dirs.values()}) for m in present}
+    # BLEU's tokenizer may follow the target language; anything else differing is a mixed evaluation.
+    mixed = {m: s for m, s in sigs.items() if len({re.sub(r"\|tok:[^|]*", "", x) for x in s}) != 1}
+    if mixed:
+        raise ValueError(f"{data.run.path}: {split} of {tag} was scored with mixed sacrebleu signatures: {mixed}")
+    return {"checkpoint": tag, "signatures": {m: "; ".join(s) for m, s in sigs.items()}, "directions": dirs,
             "averages": avgs, "eval_seconds": ev.get("seconds")}
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
 
 from pipeline.report.compare import (
     CompareRefused,
@@ -42,7 +42,7 @@ def test_table_holds_each_run_final_scores(compared, seed_runs):
         rep = final_report(path)["splits"]["test"]
         assert run["checkpoint"] == rep["checkpoint"] and run["stage"] == "mix"
         for name, e in rep["directions"].items():
-            assert run["directions"][name] == {"bleu": e["bleu"], "chrf": e["chrf"]}
+            assert run["directions"][name] == {m: e[m] for m in ("bleu", "chrf", "chrfpp", "ter")}
         assert run["averages"]["lrl"]["chrf"] == rep["averages"]["lrl"]["chrf"]
     md = (out / "compare.md").read_text()
     assert "| run | stage | eng-rev (hrl)" in md and "avg hrl" in md and "avg lrl" in md
@@ -79,7 +79,8 @@ def test_bootstrap_is_two_sided_on_the_same_resamples(compared, seed_runs):
     sig = doc["significance"]
     assert sig["baseline"] == "a" and set(sig["runs"]) == {"b", "c"} and sig["samples"] == SAMPLES
     a, b, c = seed_runs
-    metrics = {"bleu": BLEU(), "chrf": CHRF()}
+    metrics = {"bleu": BLEU(), "chrf": CHRF(), "chrfpp": CHRF(word_order=2), "ter": TER()}
+    assert doc["metrics"] == list(metrics)
     for name in doc["directions"]:
         e = final_report(a)["splits"]["test"]["directions"][name]
         refs = read_lines(a / e["references"])
