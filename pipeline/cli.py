@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     pick.add_argument("--last", type=int, metavar="K", help="the K newest committed checkpoints")
     pick.add_argument("--best", type=int, metavar="K",
                       help="the K with the lowest mean dev loss (logged at their step) over --group")
-    av.add_argument("--by", choices=["dev_loss"], default="dev_loss", help="what --best ranks by")
+    av.add_argument("--by", choices=["dev_loss", "dev_bleu"], default="dev_loss",
+                    help="what --best ranks by: the dev loss logged at each checkpoint's step, or the dev BLEU "
+                         "of eval/<tag>/dev.json (stage ends, or mmtc eval --split dev --checkpoint TAG)")
     av.add_argument("--group", default="all", help="a direction group (hrl, lrl, ...) or all (default)")
     av.add_argument("--out", required=True, metavar="TAG", help="the new tag's name (not starting with 'step')")
 
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "average":
             from pipeline.checkpoint.average import average_run
 
-            print(average_run(args.run_dir, args.out, args.last, args.best, args.group))
+            print(average_run(args.run_dir, args.out, args.last, args.best, args.group, args.by))
             return 0
         if args.command == "export":
             from pipeline.export.commands import cmd_export

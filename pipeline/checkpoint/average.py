@@ -19,6 +19,7 @@ import torch
 
 from pipeline.checkpoint import commit as ckpt
 from pipeline.checkpoint.weights import consolidated_state
+from pipeline.config.training import KeepBestConfig
 from pipeline.rundir.layout import RunDir
 
 
@@ -49,13 +50,13 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
     return summed
 
 
-def committed_tags(root: Path) -> list[ckpt.Committed]:
-    """The run's committed, intact training checkpoints, oldest first."""
+def committed_tags(root: Path, deep: bool = True) -> list[ckpt.Committed]:
+    """The run's committed, intact (checksums read when `deep`) training checkpoints, oldest first."""
     if not root.is_dir():
         return []
     found = []
     for p in sorted(q for q in root.iterdir() if q.is_dir() and q.name.startswith("step")):
-        meta, _ = ckpt.verify(p)
+        meta, _ = ckpt.verify(p, deep=deep)
         if meta is not None:
             found.append(ckpt.Committed(p.name, p, meta))
     return found
@@ -77,12 +78,10 @@ def select_last(tags: list[ckpt.Committed], k: int) -> Selection:
     return Selection(tags[-k:], f"last {k}", {}, [])
 
 
-def select_best(tags: list[ckpt.Committed], dev_rows: list[dict], k: int, directions: list[str],
-                group: str) -> Selection:
-    """The K tags with the lowest mean dev loss over `directions`, read from the evaluation
-    logged at each tag's step; a tag whose step had no evaluation of all of them is skipped."""
-    if k < 1:
-        raise ValueError(f"--best {k}: must be at least 1")
+def dev_loss_scores(tags: list[ckpt.Committed], dev_rows: list[dict], directions: list[str],
+                    group: str) -> tuple[dict[str, float], list[str]]:
+    """Each tag's mean dev loss over `directions`, from the evaluation logged at its step; a tag
+    whose step had no evaluation of all of them is skipped (and listed)."""
     at_step = {int(r["step"]): r["dev_loss"] for r in dev_rows if r.get("dev_loss")}  # a later row wins
     scores: dict[str, float] = {}
     skipped = []
@@ -92,13 +91,57 @@ def select_best(tags: list[ckpt.Committed], dev_rows: list[dict], k: int, direct
             skipped.append(f"{t.tag} (no dev evaluation of group {group} at step {t.step})")
             continue
         scores[t.tag] = sum(dev[d] for d in directions) / len(directions)
+    return scores, skipped
+
+
+def dev_bleu_scores(run: RunDir, tags: list[ckpt.Committed], directions: list[str],
+                    group: str) -> tuple[dict[str, float], list[str]]:
+    """Each tag's mean dev BLEU over `directions`, from its `eval/<tag>/dev.json` (written at a
+    stage end, or by `mmtc eval --split dev --checkpoint TAG`); tags without one are skipped."""
+    scores: dict[str, float] = {}
+    skipped = []
+    for t in tags:
+        path = run.eval_dir(t.tag) / "dev.json"
+        dirs = json.loads(path.read_text())["directions"] if path.is_file() else {}
+        if any(d not in dirs for d in directions):
+            skipped.append(f"{t.tag} (no dev BLEU of group {group}: run mmtc eval --split dev --checkpoint {t.tag})")
+            continue
+        scores[t.tag] = sum(dirs[d]["bleu"] for d in directions) / len(directions)
+    return scores, skipped
+
+
+def best_of(scores: dict[str, float], k: int, higher_is_better: bool) -> list[str]:
+    sign = -1.0 if higher_is_better else 1.0
+    return sorted(scores, key=lambda tag: (sign * scores[tag], tag))[:k]
+
+
+def best_to_keep(root: Path, dev_rows: list[dict], cfg: KeepBestConfig,
+                 directions_of: dict[str, list[str]]) -> set[str]:
+    """train.keep_best: for each of its groups, the K committed tags with the lowest mean dev loss."""
+    if not cfg.k:
+        return set()
+    tags = committed_tags(root, deep=False)
+    keep: set[str] = set()
+    for group in cfg.groups():
+        scores, _ = dev_loss_scores(tags, dev_rows, directions_of[group], group)
+        keep.update(best_of(scores, cfg.k, higher_is_better=False))
+    return keep
+
+
+def select_best(tags: list[ckpt.Committed], scored: tuple[dict[str, float], list[str]], k: int, by: str,
+                group: str) -> Selection:
+    """The K tags with the best `scored` (lowest dev loss, or highest dev BLEU)."""
+    if k < 1:
+        raise ValueError(f"--best {k}: must be at least 1")
+    scores, skipped = scored
     if len(scores) < k:
-        raise ValueError(f"--best {k}: only {len(scores)} checkpoint(s) have a dev evaluation at their step "
-                         f"(skipped: {', '.join(skipped) or 'none'}); save at evaluation steps "
-                         "(train.save_every a multiple of train.eval_every)")
-    best = sorted(scores, key=lambda tag: (scores[tag], tag))[:k]
+        hint = ("save at evaluation steps (train.save_every a multiple of train.eval_every)" if by == "dev_loss"
+                else "score more checkpoints with mmtc eval --split dev --checkpoint TAG")
+        raise ValueError(f"--best {k}: only {len(scores)} checkpoint(s) have a {by} (skipped: "
+                         f"{', '.join(skipped) or 'none'}); {hint}")
+    best = best_of(scores, k, higher_is_better=by == "dev_bleu")
     chosen = [t for t in tags if t.tag in best]  # in step order, as fairseq sums them
-    return Selection(chosen, f"best {k} by dev_loss of {group}", {t: scores[t] for t in best}, skipped)
+    return Selection(chosen, f"best {k} by {by} of {group}", {t: scores[t] for t in best}, skipped)
 
 
 def group_directions(run: RunDir, group: str) -> list[str]:
@@ -131,19 +174,23 @@ def write_average(root: Path, out: str, selection: Selection) -> ckpt.Committed:
 
 
 def average_run(run_dir: str, out: str, last: int | None = None, best: int | None = None,
-                group: str = "all") -> str:
+                group: str = "all", by: str = "dev_loss") -> str:
     """`mmtc average`: select, average, commit; the text printed."""
     run = RunDir(run_dir)
     if not run.exists():
         raise FileNotFoundError(f"{run_dir}: no config.yaml there (not a run directory)")
     tags = committed_tags(run.checkpoints)
     if best is not None:
-        selection = select_best(tags, run.read_jsonl(run.metrics), best, group_directions(run, group), group)
+        directions = group_directions(run, group)
+        scored = (dev_bleu_scores(run, tags, directions, group) if by == "dev_bleu"
+                  else dev_loss_scores(tags, run.read_jsonl(run.metrics), directions, group))
+        selection = select_best(tags, scored, best, by, group)
     else:
         selection = select_last(tags, last if last is not None else 1)
     done = write_average(run.checkpoints, out, selection)
     lines = [f"averaged {len(selection.tags)} checkpoint(s), {selection.how}:"]
-    lines += [f"  {t.tag}" + (f"  dev loss {selection.scores[t.tag]:.4f}" if t.tag in selection.scores else "")
+    label = "dev BLEU" if by == "dev_bleu" else "dev loss"
+    lines += [f"  {t.tag}" + (f"  {label} {selection.scores[t.tag]:.4f}" if t.tag in selection.scores else "")
               for t in selection.tags]
     lines += [f"  skipped {s}" for s in selection.skipped]
     lines.append(f"wrote {done.path} (use --checkpoint {out} with mmtc eval / translate)")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pipeline.checkpoint import commit as ckpt
+from pipeline.checkpoint.average import best_to_keep
 from pipeline.checkpoint.host import CheckpointHost
 from pipeline.checkpoint.resume import diff_items, refusal
 from pipeline.checkpoint.weights import consolidated_state
@@ -79,10 +80,21 @@ class Checkpointer:
         if bool(all_reduce_sum(failed) > 0):
             return self._failed(tag, why or "committing on rank 0")
         if t.dist.is_main:
-            ckpt.prune(root, t.recipe.train.keep_last)
+            ckpt.prune(root, t.recipe.train.keep_last, self._best_to_keep())
             t.event("checkpoint", tag=tag, final=final)
         barrier()
         return committed
+
+    def _best_to_keep(self) -> set[str]:
+        keep = self.t.recipe.train.keep_best
+        if not keep.k:
+            return set()
+        dirs = self.t.corpus.manifest.directions
+        directions_of = {"all": [d.name for d in dirs]}
+        for d in dirs:
+            if d.group:
+                directions_of.setdefault(d.group, []).append(d.name)
+        return best_to_keep(self.t.run.checkpoints, self.t.run.read_jsonl(self.t.run.metrics), keep, directions_of)
 
     def _failed(self, tag: str, why: str) -> None:
         self.last_failed = True

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,16 +101,17 @@ def discover(root: Path, deep: bool = True) -> tuple[Committed | None, list[str]
     return None, notes
 
 
-def prune(root: Path, keep_last: int) -> list[str]:
-    """Delete committed tags beyond the newest `keep_last`, never a stage-final one; uncommitted
-    tags older than the newest committed one are debris of failed saves and go too."""
+def prune(root: Path, keep_last: int, keep: Collection[str] = ()) -> list[str]:
+    """Delete committed tags beyond the newest `keep_last`, never a stage-final one nor one in
+    `keep` (train.keep_best's); uncommitted tags older than the newest committed one are debris of
+    failed saves and go too."""
     tags = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step")), key=lambda p: p.name)
     committed = [p for p in tags if (p / COMMIT).is_file()]
     removed = []
     newest = committed[-1].name if committed else ""
     for p in committed[:-keep_last] if keep_last else committed:
         meta = json.loads((p / COMMIT).read_text())
-        if not meta.get("final"):
+        if not meta.get("final") and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     for p in tags:

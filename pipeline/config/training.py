@@ -81,6 +81,31 @@ class DistillConfig:
 
 
 @dataclass
+class KeepBestConfig:
+    """Checkpoints kept on disk beside train.keep_last: the K with the lowest mean dev loss (logged
+    at their step) over each named group; `mmtc average --best K` reads the same numbers."""
+
+    k: int = 0  # 0: off
+    by: Literal["dev_loss", "dev_bleu"] = "dev_loss"
+    group: str | list[str] = "all"  # a group of the manifest (hrl, lrl, ...), all, or a list of them
+
+    def groups(self) -> list[str]:
+        return [self.group] if isinstance(self.group, str) else list(self.group)
+
+    def check(self, path: str) -> Check:
+        out: Check = []
+        if self.k < 0:
+            out.append((key_path(path, "k"), "must be >= 0 (0: off)"))
+        if self.by == "dev_bleu" and self.k:
+            out.append((key_path(path, "by"), "dev BLEU is scored only at stage ends, whose checkpoints are always "
+                                              "kept; rank by dev_loss (train.eval_every), or keep more with keep_last "
+                                              "and use `mmtc eval --split dev` + `mmtc average --by dev_bleu`"))
+        if not self.groups():
+            out.append((key_path(path, "group"), "name at least one group (or all)"))
+        return out
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 1000  # optimizer steps for the whole run (every stage counts)
     max_tokens: int = 4096  # padded tokens per micro-batch (per rank), the larger side counted
@@ -100,6 +125,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # non-finite loss or gradient this many steps in a row: save and stop
     grad_similarity_every: int = 0  # log pairwise cosines of the task gradients every N steps (0: never)
     keep_last: int = 2
+    keep_best: KeepBestConfig = field(default_factory=KeepBestConfig)
     threads: int | None = None  # torch threads per process (default: cores / processes)
     chunk_steps: int = 32  # data order is regenerated per chunk of steps, see pipeline/data/batches.py
 
@@ -119,6 +145,9 @@ class TrainConfig:
                 out.append((key_path(path, name), "must be >= 0"))
         if len(self.adam_betas) != 2:
             out.append((key_path(path, "adam_betas"), "must hold two numbers"))
+        if self.keep_best.k and not self.eval_every:
+            out.append((key_path(path, "keep_best"), "ranks by the dev loss logged every train.eval_every "
+                                                     "steps: set eval_every (and save_every a multiple of it)"))
         return out
 
 

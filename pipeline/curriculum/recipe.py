@@ -119,6 +119,11 @@ def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
             lists.extend((f"{key}.groups.{task}", sel) for task, sel in node["groups"].items())
 
     surgery(data.get("surgery"), "surgery")
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    keep = train.get("keep_best") if isinstance(train.get("keep_best"), dict) else {}
+    if "group" in keep:
+        chosen = keep["group"] if isinstance(keep["group"], list) else [keep["group"]]
+        lists.append(("train.keep_best.group", [g if g == "all" else f"group:{g}" for g in chosen]))
     stages = data.get("stages") if isinstance(data.get("stages"), list) else []
     for i, st in enumerate(stages):
         if not isinstance(st, dict):

@@ -1,12 +1,23 @@
 """Checkpoint averaging (fairseq's average_checkpoints rule) on hand-made states and scripted dev
 losses; `mmtc average` on a trained run is in test_resume.py (its trained run)."""
 
+import json
+
 import pytest
 import torch
 
 from pipeline.checkpoint import commit as ckpt
-from pipeline.checkpoint.average import Selection, average_states, select_best, select_last, write_average
+from pipeline.checkpoint.average import (
+    Selection,
+    average_states,
+    dev_bleu_scores,
+    dev_loss_scores,
+    select_best,
+    select_last,
+    write_average,
+)
 from pipeline.checkpoint.weights import consolidated_state
+from pipeline.rundir.layout import RunDir
 
 
 def test_mean_of_two_states_by_fairseqs_rule():
@@ -38,13 +49,32 @@ def test_best_k_by_the_mean_dev_loss_of_a_group():
             {"step": 30, "dev_loss": {"a": 2.5, "b": 2.5, "c": 9.0}},   # 2.5
             {"step": 35, "dev_loss": {"a": 0.1, "b": 0.1, "c": 0.1}},   # no checkpoint at 35
             {"step": 40, "dev_loss": {"a": 9.0, "b": 9.0, "c": 0.5}}]   # 9.0; c alone 0.5
-    sel = select_best(tags(10, 20, 30, 40, 50), rows, 2, ["a", "b"], "hrl")
+    def best(ts, k, dirs, group):
+        return select_best(ts, dev_loss_scores(ts, rows, dirs, group), k, "dev_loss", group)
+
+    sel = best(tags(10, 20, 30, 40, 50), 2, ["a", "b"], "hrl")
     assert [t.step for t in sel.tags] == [20, 30]  # step order
     assert sel.scores == {ckpt.tag_for(30, "main"): 2.5, ckpt.tag_for(20, "main"): 3.0}
     assert sel.skipped == [f"{ckpt.tag_for(50, 'main')} (no dev evaluation of group hrl at step 50)"]
-    assert [t.step for t in select_best(tags(10, 20, 30, 40), rows, 1, ["c"], "lrl").tags] == [40]
+    assert [t.step for t in best(tags(10, 20, 30, 40), 1, ["c"], "lrl").tags] == [40]
     with pytest.raises(ValueError, match="only 4 checkpoint"):
-        select_best(tags(10, 20, 30, 40, 50), rows, 5, ["a", "b"], "hrl")
+        best(tags(10, 20, 30, 40, 50), 5, ["a", "b"], "hrl")
+
+
+def test_best_k_by_dev_bleu_reads_each_tags_dev_evaluation(tmp_path):
+    run = RunDir(tmp_path)
+    bleu = {10: {"a": 10.0, "b": 20.0}, 20: {"a": 30.0, "b": 2.0}, 30: {"a": 12.0, "b": 14.0}}  # means 15, 16, 13
+    for step, per in bleu.items():
+        d = run.eval_dir(ckpt.tag_for(step, "main"))
+        d.mkdir(parents=True)
+        (d / "dev.json").write_text(json.dumps({"directions": {k: {"bleu": v} for k, v in per.items()}}))
+    ts = tags(10, 20, 30, 40)
+    sel = select_best(ts, dev_bleu_scores(run, ts, ["a", "b"], "all"), 2, "dev_bleu", "all")
+    assert [t.step for t in sel.tags] == [10, 20] and sel.how == "best 2 by dev_bleu of all"  # the highest
+    assert sel.scores == {ckpt.tag_for(20, "main"): 16.0, ckpt.tag_for(10, "main"): 15.0}
+    assert len(sel.skipped) == 1 and "mmtc eval --split dev --checkpoint " + ckpt.tag_for(40, "main") in sel.skipped[0]
+    only_a = select_best(ts, dev_bleu_scores(run, ts, ["a"], "x"), 1, "dev_bleu", "x")
+    assert [t.step for t in only_a.tags] == [20]
 
 
 def test_last_k():
@@ -69,3 +99,29 @@ def test_the_average_is_a_committed_tag_that_resume_never_picks(tmp_path):
         write_average(tmp_path, "avg2", Selection(chosen, "last 2", {}, []))
     with pytest.raises(ValueError, match="not starting with 'step'"):
         write_average(tmp_path, "step99", Selection(chosen, "last 2", {}, []))
+
+
+@pytest.mark.slow
+def test_keep_best_keeps_the_lowest_dev_loss_tag_of_each_group(tmp_path, mmtc_env):
+    import subprocess
+    import sys
+
+    from corpus_factory import tiny_recipe, write_corpus
+
+    recipe = tiny_recipe(tmp_path, write_corpus(tmp_path))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(recipe), "--run-dir", str(run),
+                           "--set", "train.max_steps=12", "--set", "train.eval_every=2", "--set", "train.save_every=2",
+                           "--set", "train.keep_last=1", "--set", "train.keep_best={k: 1, group: [hrl, lrl]}",
+                           "--set", "eval.splits=[]", "--set", "eval.stage_end=false"],
+                          env=mmtc_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    dev = {r["step"]: r["dev_loss"] for r in rows if r.get("dev_loss")}
+    groups = {"hrl": ["eng-rev", "eng-upp"], "lrl": ["eng-pig"]}
+    # By hand: after the last save, the lowest-loss step of each group survives (step 12 is the
+    # final tag, kept anyway), with the newest (keep_last 1) and the final.
+    best = {g: min(dev, key=lambda s, d=d: (sum(dev[s][x] for x in d) / len(d), s)) for g, d in groups.items()}
+    left = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    want = {ckpt.tag_for(12, "main", True)} | {ckpt.tag_for(s, "main") for s in best.values() if s != 12}
+    assert set(left) == want, (left, best)

@@ -56,3 +56,11 @@ def test_prune_keeps_last_k_and_every_final(tmp_path):
     assert set(removed) == {ckpt.tag_for(10, "main"), ckpt.tag_for(35, "main")}
     meta = json.loads((tmp_path / ckpt.tag_for(20, "main", True) / ckpt.COMMIT).read_text())
     assert meta["final"] is True and "model.pt" in meta["files"]
+
+
+def test_prune_spares_the_tags_keep_best_names(tmp_path):
+    for s in (10, 20, 30, 40):
+        make_tag(tmp_path, s)
+    removed = ckpt.prune(tmp_path, keep_last=1, keep={ckpt.tag_for(20, "main")})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [ckpt.tag_for(20, "main"), ckpt.tag_for(40, "main")]
+    assert set(removed) == {ckpt.tag_for(10, "main"), ckpt.tag_for(30, "main")}
