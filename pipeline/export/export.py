@@ -52,7 +52,7 @@ def _write_hf(run: RunDir, tag: str | None, dest: Path, fmt: str, extra: list[st
     hf.generation_config = GenerationConfig(
         decoder_start_token_id=BOS_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
         suppress_tokens=[PAD_ID, BOS_ID], num_beams=ev.beam, length_penalty=ev.length_penalty,
-        max_length=model.max_positions, forced_eos_token_id=None)
+        max_new_tokens=model.max_positions - 1, forced_eos_token_id=None)
     hf.save_pretrained(dest)
     hf_tokenizer(run.tokenizer).save_pretrained(dest)
     arch = dataclasses.asdict(model.arch)
