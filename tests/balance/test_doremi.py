@@ -82,10 +82,11 @@ def test_mmtc_doremi_trains_a_proxy_and_writes_the_average(tmp_path, mmtc_env):
         return proc.stdout
 
     mmtc("run", str(recipe), "--run-dir", str(tmp_path / "ref"), "--set", "train.max_steps=20",
-         "--set", "sampling={kind: uniform}", "--set", "eval.splits=[]")
+         "--set", "sampling={kind: uniform}", "--set", "eval.splits=[]", "--set", "eval.stage_end=false")
     out = tmp_path / "doremi.yaml"
     printed = mmtc("doremi", str(tmp_path / "ref"), "--recipe", str(recipe), "--out", str(out),
                    "--run-dir", str(tmp_path / "proxy"), "--set", "train.max_steps=6", "--set", "eval.splits=[]",
+                   "--set", "eval.stage_end=false",
                    "--set", "train.log_every=1")
     assert "written into" in printed
     written = load_recipe(out)

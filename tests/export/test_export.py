@@ -24,9 +24,10 @@ def mmtc(args, env, cwd, check=True):
 def exported(tiny_run, mmtc_env):
     root, run, tag = tiny_run
     mmtc(["export", str(run), "--format", "hf", "--out", str(root / "hf")], mmtc_env, root)
+    from pipeline.export.export import export_ctranslate2  # in-process: the CLI path is the hf export above
+
     for q in ("float32", "int8"):
-        mmtc(["export", str(run), "--format", "ctranslate2", "--quantization", q, "--out", str(root / f"ct2-{q}")],
-             mmtc_env, root)
+        export_ctranslate2(run, root / f"ct2-{q}", quantization=q)
     scores = json.loads((run / "eval" / tag / "test.json").read_text())
     return root, run, tag, scores
 
@@ -121,10 +122,14 @@ def test_ctranslate2_exports_decode_as_we_do(exported):
     assert same >= 0.5 * 3 * N, same
 
 
-def test_export_never_overwrites(exported, mmtc_env):
+def test_export_never_overwrites(exported, capsys):
+    from pipeline.cli import main
+    from pipeline.export.export import export_hf
+
     root, run, _, _ = exported
-    proc = mmtc(["export", str(run), "--format", "hf", "--out", str(root / "hf")], mmtc_env, root, check=False)
-    assert proc.returncode == 2 and "never overwrites" in proc.stderr
-    proc = mmtc(["export", str(run), "--format", "hf", "--quantization", "int8", "--out", str(root / "x")],
-                mmtc_env, root, check=False)
-    assert proc.returncode == 2 and not (root / "x").exists()
+    before = sorted(p.name for p in (root / "hf").iterdir())
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        export_hf(run, root / "hf")
+    assert sorted(p.name for p in (root / "hf").iterdir()) == before
+    assert main(["export", str(run), "--format", "hf", "--quantization", "int8", "--out", str(root / "x")]) == 2
+    assert "--quantization is for --format ctranslate2" in capsys.readouterr().err and not (root / "x").exists()

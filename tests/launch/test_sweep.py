@@ -26,7 +26,7 @@ def test_sweep_fit_solve(tmp_path, mmtc_env):
     recipe = tiny_recipe(tmp_path, write_corpus(tmp_path))
     out = tmp_path / "sweep"
     mmtc(["sweep", str(recipe), "--group", "lrl", "--out", str(out),  # the default: 7 ratios
-          "--set", "train.max_steps=4", "--set", "eval.splits=[]"], mmtc_env, tmp_path)
+          "--set", "train.max_steps=4", "--set", "eval.splits=[]", "--set", "eval.stage_end=false"], mmtc_env, tmp_path)
     sweep = json.loads((out / "sweep.json").read_text())
     assert [r["ratio"] for r in sweep["runs"]] == [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
     assert sweep["runs"][1]["weights"]["eng-pig"] == pytest.approx(0.1)
