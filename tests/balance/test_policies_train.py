@@ -1,4 +1,6 @@
-"""Each policy inside a short 2-process ZeRO-2 training: its distribution moves as its rule says."""
+"""Each policy inside a short training: its distribution moves as its rule says. One process where
+the rule is the policy's own arithmetic; 2-process ZeRO-2 for MultiDDS (gradients from every rank)
+and for every state that must survive a kill and resume across ranks."""
 
 import json
 import subprocess
@@ -42,7 +44,7 @@ def data_p():
 
 
 def test_temperature_schedule(tmp_path, mmtc_env):
-    _, rows = train(tmp_path, mmtc_env, "{kind: temperature_schedule, params: {start: 5.0, end: 1.0}}")
+    _, rows = train(tmp_path, mmtc_env, "{kind: temperature_schedule, params: {start: 5.0, end: 1.0}}", nproc=1)
     taus = [r["policy"]["tau"] for r in train_rows(rows)]
     assert taus[0] > 4.5 and taus[-1] < 1.6 and all(a >= b for a, b in zip(taus, taus[1:]))
     last = train_rows(rows)[-1]
@@ -53,7 +55,7 @@ def test_temperature_schedule(tmp_path, mmtc_env):
 
 @pytest.mark.parametrize("kind,params", [("chi2_dro", "{warmup: 0}"), ("cvar_dro", "{alpha: 0.3, ema: 0.5}")])
 def test_dro_raises_the_weight_of_the_highest_loss(tmp_path, mmtc_env, kind, params):
-    _, rows = train(tmp_path, mmtc_env, f"{{kind: {kind}, every: 2, params: {params}}}")
+    _, rows = train(tmp_path, mmtc_env, f"{{kind: {kind}, every: 2, params: {params}}}", nproc=1)
     last = train_rows(rows)[-1]
     ema = last["policy"]["ema_loss"]
     worst = max(ema, key=ema.get)
@@ -63,7 +65,7 @@ def test_dro_raises_the_weight_of_the_highest_loss(tmp_path, mmtc_env, kind, par
 
 def test_group_dro_follows_exponentiated_losses(tmp_path, mmtc_env):
     eta = 0.05
-    _, rows = train(tmp_path, mmtc_env, f"{{kind: group_dro, params: {{eta: {eta}}}}}")
+    _, rows = train(tmp_path, mmtc_env, f"{{kind: group_dro, params: {{eta: {eta}}}}}", nproc=1)
     rows = train_rows(rows)
     assert all(abs(v - 1 / 3) < 1e-6 for v in rows[0]["p"].values())  # starts uniform
     # the p a row logs planned the next step's batches: q after every earlier step's update, on
@@ -80,13 +82,13 @@ def test_group_dro_follows_exponentiated_losses(tmp_path, mmtc_env):
 def test_excess_loss_follows_the_reference(tmp_path, mmtc_env):
     # a reference far below rev's loss and above the others' makes rev the only direction with excess
     ref = "{eng-rev: 0.0, eng-upp: 50.0, eng-pig: 50.0}"
-    _, rows = train(tmp_path, mmtc_env, f"{{kind: excess_group_dro, params: {{eta: 0.05, reference: {ref}}}}}")
+    _, rows = train(tmp_path, mmtc_env, f"{{kind: excess_group_dro, params: {{eta: 0.05, reference: {ref}}}}}", nproc=1)
     last = train_rows(rows)[-1]["p"]
     assert last["eng-rev"] > 0.5 and last["eng-pig"] < 1 / 3
 
 
 def test_exp3_keeps_the_exploration_floor(tmp_path, mmtc_env):
-    _, rows = train(tmp_path, mmtc_env, "{kind: exp3, params: {gamma: 0.3}}")
+    _, rows = train(tmp_path, mmtc_env, "{kind: exp3, params: {gamma: 0.3}}", nproc=1)
     ps = [r["p"] for r in train_rows(rows)]
     assert all(min(p.values()) >= 0.3 / 3 - 1e-6 and abs(sum(p.values()) - 1) < 1e-5 for p in ps)
     assert ps[-1] != ps[0]
@@ -107,7 +109,8 @@ def test_multidds_learns_from_gradient_alignment(tmp_path, mmtc_env):
 
 
 def test_curvature_aware_respects_the_floor_and_moves(tmp_path, mmtc_env):
-    _, rows = train(tmp_path, mmtc_env, "{kind: curvature_aware, every: 4, params: {epsilon: 0.05, probe_tokens: 300}}")
+    _, rows = train(tmp_path, mmtc_env, "{kind: curvature_aware, every: 4, params: {epsilon: 0.05, probe_tokens: 300}}",
+                    nproc=1)
     last = train_rows(rows)[-1]
     assert min(last["p"].values()) >= 0.05 - 1e-9
     assert any(abs(last["p"][k] - data_p()[k]) > 0.01 for k in SIZES)
@@ -118,7 +121,7 @@ def test_curvature_aware_respects_the_floor_and_moves(tmp_path, mmtc_env):
 
 
 def test_loss_weight_keeps_the_batch_mix(tmp_path, mmtc_env):
-    _, rows = train(tmp_path, mmtc_env, "{kind: group_dro, apply: loss_weight, params: {eta: 0.05}}")
+    _, rows = train(tmp_path, mmtc_env, "{kind: group_dro, apply: loss_weight, params: {eta: 0.05}}", nproc=1)
     last = train_rows(rows)[-1]
     np.testing.assert_allclose([last["p"][k] for k in SIZES], list(data_p().values()), rtol=1e-5)
     assert abs(sum(last["loss_weights"].values()) - 1) < 2e-6  # three values rounded to 6 places
