@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--src", required=True, help="source language code, e.g. eng")
     tr.add_argument("--tgt", required=True, help="target language code, e.g. fra")
     tr.add_argument("--input", metavar="FILE", help="one sentence per line (default: stdin)")
-    tr.add_argument("--output", metavar="FILE", help="written whole at the end (default: stdout, line by line)")
+    tr.add_argument("--output", metavar="FILE", help="written whole at the end (default: stdout, a window at a time)")
     tr.add_argument("--beam", type=int, help="default: the recipe's eval.beam")
     tr.add_argument("--checkpoint", help="a committed tag, an averaged one included (default: the latest)")
     tr.add_argument("--nproc", type=int, default=1, help="worker processes, one per GPU where there are GPUs")
