@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.export.export import start_decoding_with
 from pipeline.export.hf_model import pegasus_config, to_pegasus
 from pipeline.model.decode import beam_search, greedy_search
 from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
@@ -66,9 +67,7 @@ def ctranslate2_of(hf, vocab: int, workdir: Path, quantization: str):
                                 pad_token=piece(PAD), unk_token=piece(UNK), bos_token=piece(BOS),
                                 eos_token=piece(EOS)).save_pretrained(hf_dir)
     TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization, force=True)
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["bos_token"] = cfg["decoder_start_token"] = piece(BOS)
-    (out / "config.json").write_text(json.dumps(cfg))
+    start_decoding_with(out, piece(BOS))
     return ctranslate2.Translator(str(out), device="cpu", compute_type=quantization, inter_threads=1,
                                   intra_threads=torch.get_num_threads())
 

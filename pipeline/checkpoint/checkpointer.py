@@ -89,11 +89,8 @@ class Checkpointer:
         keep = self.t.recipe.train.keep_best
         if not keep.k:
             return set()
-        dirs = self.t.corpus.manifest.directions
-        directions_of = {"all": [d.name for d in dirs]}
-        for d in dirs:
-            if d.group:
-                directions_of.setdefault(d.group, []).append(d.name)
+        manifest = self.t.corpus.manifest
+        directions_of = {"all": manifest.names, **manifest.groups()}
         return best_to_keep(self.t.run.checkpoints, self.t.run.read_jsonl(self.t.run.metrics), keep, directions_of)
 
     def _failed(self, tag: str, why: str) -> None:

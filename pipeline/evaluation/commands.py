@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _run_context(run_dir: str) -> tuple[object, object, object]:
@@ -40,7 +41,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     import torch
 
@@ -83,11 +83,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def count_lines(path: object) -> int:
-    from pathlib import Path
-
+def count_lines(path: Path) -> int:
     n, last = 0, b"\n"
-    with Path(str(path)).open("rb") as f:
+    with path.open("rb") as f:
         while block := f.read(1 << 20):
             n += block.count(b"\n")
             last = block[-1:]

@@ -92,7 +92,7 @@ def evaluate(
         assert split.texts is not None, f"{name} {split_name} has no reference texts"
         n = len(split) if cfg.max_sentences is None else min(len(split), cfg.max_sentences)
         sources = [split.src_ids(i) for i in range(n)]
-        refs = split.texts["tgt"][:n]
+        srcs, refs = split.texts["src"][:n], split.texts["tgt"][:n]
         hyp_ids = translate_ids(model, sources, tag_id, tok, cfg, device)
         hyps = tok.decode_batch(hyp_ids)
         # "of": the pairs the split's files hold, so a table can say when it scored only part of them
@@ -100,9 +100,9 @@ def evaluate(
         entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4),
                                  **score_all(hyps, refs, lang, metrics)}
         for scorer in scorers:  # (sources, hypotheses, references) -> more scores, e.g. COMET
-            entry.update(scorer(split.texts["src"][:n], hyps, refs))
+            entry.update(scorer(srcs, hyps, refs))
         if cfg.baseline:
-            base = score_all(split.texts["src"][:n], refs, lang, (BLEU_M, CHRF_M))
+            base = score_all(srcs, refs, lang, (BLEU_M, CHRF_M))
             entry["copy_source"] = {"bleu": base["bleu"], "chrf": base["chrf"]}
         results["directions"][name] = entry
         if out_dir is not None:

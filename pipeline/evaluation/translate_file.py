@@ -8,6 +8,7 @@ whole windows; at most 2N windows are in flight, so a 1M-line file is never held
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -98,9 +99,9 @@ def worker_jobs(job: TranslateJob, nproc: int) -> list[TranslateJob]:
     """One job per process: GPU i % count where there are GPUs, else the CPU cores shared out."""
     if job.device.startswith("cuda") and torch.cuda.is_available():
         n = torch.cuda.device_count()
-        return [TranslateJob(**{**job.__dict__, "device": f"cuda:{i % n}"}) for i in range(nproc)]
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    return [TranslateJob(**{**job.__dict__, "threads": job.threads or threads}) for _ in range(nproc)]
+        return [dataclasses.replace(job, device=f"cuda:{i % n}") for i in range(nproc)]
+    threads = job.threads or max(1, (os.cpu_count() or 1) // nproc)
+    return [dataclasses.replace(job, threads=threads) for _ in range(nproc)]
 
 
 def translate_stream(job: TranslateJob, source: IO[str], sink: IO[str], nproc: int = 1, window: int = 4096,

@@ -31,6 +31,15 @@ CT2_NOTE = ["## CTranslate2", "",
             "CTranslate2 takes pieces, so encode with it, put the tag first and `</s>` last.", ""]
 
 
+def start_decoding_with(ct2_dir: Path, token: str) -> None:
+    """CTranslate2's Pegasus converter starts the decoder (and names bos) with the pad token; ours
+    starts with bos."""
+    path = ct2_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["bos_token"] = cfg["decoder_start_token"] = token
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def _fresh(out: Path) -> Path:
     if out.exists():
         raise FileExistsError(f"{out} exists; export writes a new directory and never overwrites one")
@@ -96,10 +105,7 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, tag: str | None = N
                 "`compute_type` chooses the arithmetic at load time.", ""]
         prov = _write_hf(run, tag, hf_dir, "ctranslate2", note, out)
         TransformersConverter(str(hf_dir)).convert(str(tmp), quantization=quantization, force=True)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["bos_token"] = cfg["decoder_start_token"] = "<s>"
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        start_decoding_with(tmp, "<s>")
         shutil.copyfile(run.tokenizer, tmp / "spm.model")
         shutil.copyfile(hf_dir / "README.md", tmp / "README.md")
         (tmp / "mmtc_export.json").write_text(json.dumps(
