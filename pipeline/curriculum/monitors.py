@@ -27,8 +27,9 @@ class Observation:
 class Monitor:
     kind = "monitor"
 
-    def __init__(self, cfg: MonitorConfig, directions: list[str]) -> None:
+    def __init__(self, cfg: MonitorConfig, directions: list[str], eval_only: frozenset[str] = frozenset()) -> None:
         self.cfg, self.directions = cfg, directions
+        self.eval_only = eval_only  # directions never trained on (zero-shot)
         self.fired: dict[str, Any] | None = None
 
     def observe(self, obs: Observation) -> dict[str, Any] | None:
@@ -69,8 +70,8 @@ class Plateau(Monitor):
 
     kind = "plateau"
 
-    def __init__(self, cfg: MonitorConfig, directions: list[str]) -> None:
-        super().__init__(cfg, directions)
+    def __init__(self, cfg: MonitorConfig, directions: list[str], eval_only: frozenset[str] = frozenset()) -> None:
+        super().__init__(cfg, directions, eval_only)
         self.history: list[float] = []
         self.smoothed: float | None = None
 
@@ -106,12 +107,14 @@ class Plateau(Monitor):
 
 class Overfitting(Monitor):
     """A direction's dev loss rose at each of the last `patience` evaluations while its training
-    loss fell over the same window: the low-resource failure that motivates curricula."""
+    loss fell over the same window: the low-resource failure that motivates curricula. An eval-only
+    (zero-shot) direction has no training loss of its own: the mean of the trained directions'
+    stands for it (the model fits its training data while the zero-shot direction gets worse)."""
 
     kind = "overfitting"
 
-    def __init__(self, cfg: MonitorConfig, directions: list[str]) -> None:
-        super().__init__(cfg, directions)
+    def __init__(self, cfg: MonitorConfig, directions: list[str], eval_only: frozenset[str] = frozenset()) -> None:
+        super().__init__(cfg, directions, eval_only)
         self.dev: dict[str, list[float]] = {d: [] for d in directions}
         self.train: dict[str, list[float]] = {d: [] for d in directions}
 
@@ -120,10 +123,14 @@ class Overfitting(Monitor):
             return None
         p = self.cfg.patience
         for d in self.directions:
-            if d not in obs.train:  # not trained in this interval: no evidence either way
+            if d in self.eval_only and obs.train:
+                train_loss = sum(obs.train.values()) / len(obs.train)
+            elif d in obs.train:
+                train_loss = obs.train[d]
+            else:  # not trained in this interval: no evidence either way
                 continue
             self.dev[d] = (self.dev[d] + [obs.dev[d]])[-(p + 1):]
-            self.train[d] = (self.train[d] + [obs.train[d]])[-(p + 1):]
+            self.train[d] = (self.train[d] + [train_loss])[-(p + 1):]
             dev, train = self.dev[d], self.train[d]
             if len(dev) <= p:
                 continue
@@ -163,5 +170,5 @@ class Budget(Monitor):
 MONITORS: dict[str, type[Monitor]] = {"plateau": Plateau, "overfitting": Overfitting, "budget": Budget}
 
 
-def build_monitor(cfg: MonitorConfig, directions: list[str]) -> Monitor:
-    return MONITORS[cfg.monitor](cfg, directions)
+def build_monitor(cfg: MonitorConfig, directions: list[str], eval_only: frozenset[str] = frozenset()) -> Monitor:
+    return MONITORS[cfg.monitor](cfg, directions, eval_only)

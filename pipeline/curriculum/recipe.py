@@ -76,16 +76,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
-def corpus_directions(corpus: Any, recipe_path: Path) -> tuple[list[str], dict[str, list[str]]] | None:
-    """The corpus's direction names and groups, read from its manifest without preparing any data;
-    None when the manifest cannot be read here (`mmtc run` reports that with the data's errors)."""
+def corpus_directions(corpus: Any, recipe_path: Path) -> tuple[list[str], dict[str, list[str]], set[str]] | None:
+    """The corpus's direction names, groups and eval-only directions, read from its manifest
+    without preparing any data; None when the manifest cannot be read here (`mmtc run` reports
+    that with the data's errors)."""
     if corpus in (None, "demo"):
         from pipeline.data.demo import DEMO_DIRECTIONS
 
         groups: dict[str, list[str]] = {}
         for d in DEMO_DIRECTIONS:
             groups.setdefault(d.group, []).append(d.name)
-        return [d.name for d in DEMO_DIRECTIONS], groups
+        return [d.name for d in DEMO_DIRECTIONS], groups, set()
     if not isinstance(corpus, str):
         return None
     p = Path(corpus)
@@ -99,7 +100,7 @@ def corpus_directions(corpus: Any, recipe_path: Path) -> tuple[list[str], dict[s
         manifest = load_manifest(p)
     except ConfigError:
         return None
-    return manifest.names, manifest.groups()
+    return manifest.names, manifest.groups(), set(manifest.eval_only)
 
 
 def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
@@ -111,8 +112,9 @@ def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
     known = corpus_directions(section.get("corpus", "demo"), recipe_path)
     if known is None:
         return []
-    names, groups = known
+    names, groups, eval_only = known
     lists: list[tuple[str, Any]] = []
+    sampled: set[str] = set()  # the keys whose directions a stage samples (never eval-only ones)
 
     def surgery(node: Any, key: str) -> None:
         if isinstance(node, dict) and isinstance(node.get("groups"), dict):
@@ -129,6 +131,7 @@ def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
         if not isinstance(st, dict):
             continue
         lists.append((f"stages[{i}].directions", st.get("directions", ["all"])))
+        sampled.add(f"stages[{i}].directions")
         surgery(st.get("surgery"), f"stages[{i}].surgery")
         until = st.get("until") if isinstance(st.get("until"), dict) else {}
         for mode in ("any", "all"):
@@ -140,11 +143,17 @@ def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
         if not isinstance(selectors, list):
             continue
         for j, sel in enumerate(selectors):
-            if not isinstance(sel, str) or sel == "all" or sel in names:
+            if not isinstance(sel, str) or sel == "all":
+                continue
+            if sel in names:
+                if key in sampled and sel in eval_only:
+                    out.append((f"{key}[{j}]", f"{sel} is eval-only (no training data): a stage cannot sample it"))
                 continue
             if sel.startswith("group:"):
                 if sel[6:] not in groups:
                     out.append((f"{key}[{j}]", f"unknown group {sel[6:]!r} (groups: {', '.join(sorted(groups)) or 'none'})"))
+                elif key in sampled and set(groups[sel[6:]]) <= eval_only:
+                    out.append((f"{key}[{j}]", f"group {sel[6:]!r} is all eval-only: a stage cannot sample it"))
             else:
                 out.append((f"{key}[{j}]", f"unknown direction {sel!r} (directions: {', '.join(names)})"))
     return out

@@ -28,7 +28,8 @@ class StageProgress:
         self.seconds = 0.0
         until = self.stage.until
         self.mode = "all" if until.all else "any"
-        self.monitors: list[Monitor] = [build_monitor(m, manifest.select(m.directions)) for m in until.monitors]
+        self.monitors: list[Monitor] = [build_monitor(m, manifest.select(m.directions), frozenset(manifest.eval_only))
+                                       for m in until.monitors]
 
     @property
     def needs_dev_loss(self) -> bool:

@@ -1,107 +1,49 @@
-"""The corpus manifest: which directions exist and where each split's pairs come from."""
+"""The corpus manifest: which directions exist and where each split's pairs come from.
+
+Directions are listed one by one (`directions:`), generated from languages and a path pattern
+(`pairs:`, see `pairs.py`), or both. A direction without training data (`eval_only: true`, or no
+`train`) is never sampled and is scored at every evaluation: a zero-shot direction, in the group
+`zero-shot` unless it names its own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pipeline.core.typed_yaml import ConfigError, bind, load_yaml_file
+from pipeline.data.pairs import PairsSpec, expand_pairs
+from pipeline.data.spec import ZERO_SHOT, Check, DirectionSpec, SourceSpec
 
-Check = list[tuple[str, str]]
-
-FORMATS = ("text", "tsv", "jsonl", "datasets", "disk", "hub")
-
-
-@dataclass
-class SourceSpec:
-    """One split of one direction.
-
-    text:     `src` and `tgt`, two line-aligned plain-text files.
-    tsv:      `path`, with `src_column` / `tgt_column` (0-based).
-    jsonl:    `path`, with `src_field` / `tgt_field` (dotted, e.g. translation.en).
-    datasets: `builder` (parquet, arrow, json, csv) and `path` (data files, glob allowed), `split`.
-    disk:     `path` written by `Dataset.save_to_disk`, `split` if it is a DatasetDict.
-    hub:      `name`, `config`, `split` on the Hugging Face Hub (needs internet).
-    """
-
-    format: Literal["text", "tsv", "jsonl", "datasets", "disk", "hub"] = "text"
-    src: str | None = None
-    tgt: str | None = None
-    path: str | None = None
-    src_column: int = 0
-    tgt_column: int = 1
-    src_field: str | None = None
-    tgt_field: str | None = None
-    builder: str | None = None
-    name: str | None = None
-    config: str | None = None
-    split: str | None = None
-
-    def check(self, path: str) -> Check:
-        need = {
-            "text": ("src", "tgt"),
-            "tsv": ("path",),
-            "jsonl": ("path", "src_field", "tgt_field"),
-            "datasets": ("builder", "path", "src_field", "tgt_field"),
-            "disk": ("path", "src_field", "tgt_field"),
-            "hub": ("name", "split", "src_field", "tgt_field"),
-        }[self.format]
-        out = [(f"{path}.{k}", f"required for format {self.format!r}") for k in need if getattr(self, k) is None]
-        if self.format == "tsv" and self.src_column == self.tgt_column:
-            out.append((f"{path}.tgt_column", "must differ from src_column"))
-        return out
-
-    def describe(self) -> str:
-        if self.format == "text":
-            return f"{self.src} | {self.tgt}"
-        if self.format == "hub":
-            return f"hub:{self.name}/{self.config or ''}[{self.split}]"
-        return f"{self.format}:{self.path}"
-
-
-@dataclass
-class DirectionSpec:
-    src: str
-    tgt: str
-    train: SourceSpec
-    dev: SourceSpec
-    test: SourceSpec | None = None
-    group: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.src}-{self.tgt}"
-
-    def check(self, path: str) -> Check:
-        out: Check = []
-        for k in ("src", "tgt"):
-            v = getattr(self, k)
-            if not v or not v.replace("_", "").isalnum():
-                out.append((f"{path}.{k}", f"a language code of letters/digits/_, got {v!r}"))
-        if self.src == self.tgt:
-            out.append((f"{path}.tgt", "must differ from src"))
-        if self.group is not None and (self.group == "all" or not self.group.replace("_", "").isalnum()):
-            out.append((f"{path}.group", f"a simple name other than 'all', got {self.group!r}"))
-        return out
-
+__all__ = ["Check", "DirectionSpec", "Manifest", "SourceSpec", "load_manifest"]
 
 @dataclass
 class Manifest:
-    directions: list[DirectionSpec]
+    directions: list[DirectionSpec] = field(default_factory=list)
+    pairs: list[PairsSpec] = field(default_factory=list)
     name: str = "corpus"
-
-    def check(self, path: str) -> Check:
-        names = [d.name for d in self.directions]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        out: Check = [("directions", f"repeated directions: {', '.join(dup)}")] if dup else []
-        if not self.directions:
-            out.append(("directions", "must list at least one direction"))
-        return out
+    # let an eval-only direction use a language no trained direction has: its text would not be in
+    # the tokenizer's training, or, as a target, its <2xx> tag never trained
+    allow_untrained_languages: bool = False
 
     @property
     def names(self) -> list[str]:
         return [d.name for d in self.directions]
+
+    @property
+    def trained(self) -> list[str]:
+        """The directions with training data, the only ones a stage samples."""
+        return [d.name for d in self.directions if d.trains]
+
+    @property
+    def training(self) -> list[DirectionSpec]:
+        return [d for d in self.directions if d.trains]
+
+    @property
+    def eval_only(self) -> list[str]:
+        return [d.name for d in self.directions if not d.trains]
+
+    def spec(self, name: str) -> DirectionSpec:
+        return self.directions[self.names.index(name)]
 
     @property
     def languages(self) -> list[str]:
@@ -119,20 +61,31 @@ class Manifest:
                 out.setdefault(d.group, []).append(d.name)
         return out
 
-    def select(self, selectors: list[str]) -> list[str]:
-        """Direction names chosen by `all`, `group:NAME` or direction names, in manifest order."""
+    def select(self, selectors: list[str], trained: bool = False) -> list[str]:
+        """Direction names chosen by `all`, `group:NAME` or direction names, in manifest order.
+
+        `all` is every direction with training data (eval-only ones are named, or chosen by their
+        group). With `trained` (what a stage samples) a group gives its trained members and an
+        eval-only direction named outright is an error."""
         groups = self.groups()
         chosen: set[str] = set()
         errors = []
+        untrained = set(self.eval_only)
         for s in selectors:
             if s == "all":
-                chosen.update(self.names)
+                chosen.update(self.trained)
             elif s.startswith("group:"):
                 g = s.split(":", 1)[1]
                 if g not in groups:
                     errors.append(f"unknown group {g!r} (groups: {', '.join(sorted(groups)) or 'none'})")
-                chosen.update(groups.get(g, []))
+                members = [n for n in groups.get(g, []) if not (trained and n in untrained)]
+                if g in groups and not members:
+                    errors.append(f"group {g!r} has no direction with training data ({', '.join(groups[g])} "
+                                  "are eval-only)")
+                chosen.update(members)
             elif s in self.names:
+                if trained and s in untrained:
+                    errors.append(f"{s} is eval-only (no training data): a stage cannot sample it")
                 chosen.add(s)
             else:
                 errors.append(f"unknown direction {s!r} (directions: {', '.join(self.names)})")
@@ -154,7 +107,54 @@ def resolve_paths(manifest: Manifest, base: Path) -> None:
 
 
 def load_manifest(path: str | Path) -> Manifest:
+    """The manifest at `path`, its `pairs:` expanded, every error (with its line) raised together."""
     data, lines = load_yaml_file(path)
     manifest = bind(Manifest, data, lines)
-    resolve_paths(manifest, Path(path).resolve().parent)
+    base = Path(path).resolve().parent
+    resolve_paths(manifest, base)
+    origins = [f"directions[{i}]" for i in range(len(manifest.directions))]
+    errors: list[str] = []
+    for i, entry in enumerate(manifest.pairs):
+        made, problems = expand_pairs(entry, f"pairs[{i}]", base)
+        errors += [f"{lines.at(k)}: {msg}" for k, msg in problems]
+        manifest.directions += [d for d, _ in made]
+        origins += [o for _, o in made]
+    errors += [f"{lines.at(k)}: {msg}" for k, msg in final_checks(manifest, origins)]
+    if errors:
+        raise ConfigError(errors, str(path))
+    for d, origin in zip(manifest.directions, origins):
+        d.origin = origin
+        if not d.trains and d.group is None:
+            d.group = ZERO_SHOT
     return manifest
+
+
+def final_checks(manifest: Manifest, origins: list[str]) -> Check:
+    """What only the whole list can show: repeats (naming both places), an empty corpus, and a
+    language of an eval-only direction that no trained direction covers."""
+    out: Check = []
+    first: dict[str, str] = {}
+    for d, origin in zip(manifest.directions, origins):
+        if d.name in first:
+            out.append((origin.split(" ")[0], f"{d.name} is listed twice: {first[d.name]} and {origin}"))
+        else:
+            first[d.name] = origin
+    if not manifest.directions:
+        out.append(("directions", "the manifest has no direction: list some under directions: or pairs:"))
+    elif not manifest.trained:
+        out.append(("directions", "every direction is eval-only: at least one needs training data"))
+    if manifest.allow_untrained_languages:
+        return out
+    text = {lang for d in manifest.directions if d.trains for lang in (d.src, d.tgt)}
+    targets = {d.tgt for d in manifest.directions if d.trains}
+    for d, origin in zip(manifest.directions, origins):
+        if d.trains:
+            continue
+        key = origin.split(" ")[0]
+        if d.src not in text:
+            out.append((key, f"{d.name} is eval-only and {d.src} is in no trained direction: the tokenizer "
+                             "never sees its text (allow_untrained_languages: true to score it anyway)"))
+        if d.tgt not in targets:
+            out.append((key, f"{d.name} is eval-only and no trained direction translates into {d.tgt}: its tag "
+                             f"<2{d.tgt}> is never trained (allow_untrained_languages: true to score it anyway)"))
+    return out

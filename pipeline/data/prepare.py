@@ -190,7 +190,7 @@ def _open_cached(manifest: Manifest, mpath: Path, data: DataConfig, tok_cfg: Tok
                  ) -> PreparedCorpus | None:
     """The corpus from the cache alone, or None when any part of it is not cached."""
     if tokenizer_path is None:
-        path = _tokenizer_path(manifest, {d.name: fps[(d.name, "train")] for d in manifest.directions}, tok_cfg, root)
+        path = _tokenizer_path(manifest, {d.name: fps[(d.name, "train")] for d in manifest.training}, tok_cfg, root)
         if not path.is_file():
             return None
         log(f"tokenizer: cached {path}")
@@ -220,6 +220,8 @@ def _assemble(manifest: Manifest, mpath: Path, tokenizer: Tokenizer, loaded: dic
                         **({"stripped": meta["stripped"]} if meta.get("stripped") else {})}
     for d in manifest.directions:
         summary["directions"][d.name]["group"] = d.group
+        if not d.trains:
+            summary["directions"][d.name]["eval_only"] = True
     summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "path": str(tokenizer.path)}
     log(format_summary(summary))
     fingerprint = _hash(*(f"{n}/{s}/{fp}" for (n, s), fp in sorted(fps.items())))
@@ -229,14 +231,14 @@ def _assemble(manifest: Manifest, mpath: Path, tokenizer: Tokenizer, loaded: dic
 
 def _tokenizer_path(manifest: Manifest, train_fps: dict[str, str], cfg: TokenizerConfig, root: Path) -> Path:
     """Where the tokenizer for these training splits (by direction) and settings is cached."""
-    key = _hash(*(train_fps[d.name] for d in manifest.directions), json.dumps(to_plain(cfg)), *manifest.languages)
+    key = _hash(*(train_fps[d.name] for d in manifest.training), json.dumps(to_plain(cfg)), *manifest.languages)
     return root / "tokenizers" / key / "spm.model"
 
 
 def _tokenizer(manifest: Manifest, sources: dict[str, ChunkSource], cfg: TokenizerConfig, root: Path,
                log: Log, workers: int) -> Tokenizer:
     langs = manifest.languages
-    path = _tokenizer_path(manifest, {d.name: sources[d.name].fingerprint for d in manifest.directions}, cfg, root)
+    path = _tokenizer_path(manifest, {d.name: sources[d.name].fingerprint for d in manifest.training}, cfg, root)
     if path.is_file():
         log(f"tokenizer: cached {path}")
         return Tokenizer(path)

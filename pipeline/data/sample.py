@@ -15,7 +15,7 @@ Memory: the sample, never the corpus. The same pass counts every split's invalid
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from pipeline.core.permutation import KeyedPermutation
 from pipeline.core.rng import rng_for
 from pipeline.data.chunks import ChunkSource, merge_problems, read_chunk
 from pipeline.data.encode import ordered_map
-from pipeline.data.manifest import Manifest
+from pipeline.data.manifest import Manifest, SourceSpec
 
 _SAMPLE = 0x534D
 Wanted = dict[tuple[str, str], np.ndarray]  # (direction, "src"/"tgt") -> sorted pair indices (repeats allowed)
@@ -38,20 +38,38 @@ class SplitCounts:
     empty: int = 0  # valid, but empty on a side after stripping
 
 
+def mirrors(a: SourceSpec, b: SourceSpec) -> bool:
+    """Whether `a` reads the pairs of `b` with the sides swapped (X->eng from eng->X's files)."""
+    if a.format != b.format:
+        return False
+    if a.format == "text":
+        return (a.src, a.tgt) == (b.tgt, b.src)
+    swapped = replace(b, src_column=b.tgt_column, tgt_column=b.src_column, src_field=b.tgt_field, tgt_field=b.src_field)
+    return a == swapped
+
+
 def plan(manifest: Manifest, sources: dict[str, ChunkSource], cfg: TokenizerConfig) -> Wanted | None:
-    """Which pairs each side gives, or None when every sentence fits (the pass keeps them all)."""
+    """Which pairs each side gives, or None when every sentence fits (the pass keeps them all).
+
+    A direction that mirrors an earlier one's files gives nothing: its sentences are drawn once."""
     streams: dict[str, list[tuple[str, str, int]]] = {}
-    for d in manifest.directions:
+    wanted: Wanted = {}
+    seen: list[SourceSpec] = []
+    for d in manifest.training:
+        assert d.train is not None
+        if any(mirrors(d.train, s) for s in seen):
+            wanted[(d.name, "src")] = wanted[(d.name, "tgt")] = np.zeros(0, dtype=np.int64)
+            continue
+        seen.append(d.train)
         n = sources[d.name].pairs
         streams.setdefault(d.src, []).append((d.name, "src", n))
         streams.setdefault(d.tgt, []).append((d.name, "tgt", n))
-    if 2 * sum(s.pairs for s in sources.values()) <= cfg.max_sentences:
+    if sum(n for parts in streams.values() for *_, n in parts) <= cfg.max_sentences:
         return None
     langs = sorted(lang for lang, parts in streams.items() if sum(n for *_, n in parts))
     sizes = [sum(n for *_, n in streams[lang]) for lang in langs]
     counts = np.random.Generator(np.random.PCG64(cfg.seed)).multinomial(cfg.max_sentences,
                                                                         temperature_probs(sizes, cfg.temperature))
-    wanted: Wanted = {}
     for li, (lang, size, n) in enumerate(zip(langs, sizes, counts)):
         rng = rng_for(cfg.seed, li, _SAMPLE)
         if n <= size:
@@ -85,7 +103,7 @@ def sample_chunk(job: SampleJob) -> tuple[SplitCounts, list[str], int, list[str]
 
 
 def _jobs(manifest: Manifest, sources: dict[str, ChunkSource], wanted: Wanted | None):  # type: ignore[no-untyped-def]
-    for d in manifest.directions:
+    for d in manifest.training:
         src = sources[d.name]
         bounds = np.arange(src.chunks + 1, dtype=np.int64) * src.chunk
         cut = {side: None if wanted is None else np.searchsorted(wanted[(d.name, side)], bounds)
@@ -112,9 +130,9 @@ def sample_pass(manifest: Manifest, sources: dict[str, ChunkSource], cfg: Tokeni
     keep_all = cfg is not None and wanted is None
     distinct: dict[str, dict[str, None]] = {}
     drawn: dict[str, list[str]] = {}
-    counts = {d.name: SplitCounts() for d in manifest.directions}
+    counts = {d.name: SplitCounts() for d in manifest.training}
     problems: dict[str, list[tuple[list[str], int]]] = {}
-    spec = {d.name: d for d in manifest.directions}
+    spec = {d.name: d for d in manifest.training}
     named = list(_jobs(manifest, sources, wanted))  # one small tuple per chunk
     names = [name for name, _ in named]
     jobs = (job for _, job in named)

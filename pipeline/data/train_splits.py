@@ -24,7 +24,7 @@ def specs(manifest: Manifest) -> list[tuple[str, str, SourceSpec]]:
     out = []
     for d in manifest.directions:
         for split in SPLITS:
-            spec = getattr(d, split)
+            spec = d.split(split)
             if spec is not None:
                 out.append((d.name, split, spec))
     return out

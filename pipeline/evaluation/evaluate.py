@@ -98,7 +98,7 @@ def evaluate(
         # "of": the pairs the split's files hold, so a table can say when it scored only part of them
         of = int((split.meta or {}).get("seen", len(split)))
         entry: dict[str, Any] = {"sentences": n, "of": of, "loss": round(losses[name], 4),
-                                 **score_all(hyps, refs, lang, metrics)}
+                                 **score_all(hyps, refs, lang, metrics, tok.languages)}
         for scorer in scorers:  # (sources, hypotheses, references) -> more scores, e.g. COMET
             entry.update(scorer(srcs, hyps, refs))
         if cfg.baseline:

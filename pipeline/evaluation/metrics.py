@@ -18,6 +18,8 @@ from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from pipeline.evaluation.langid import OffTarget
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -29,8 +31,9 @@ class Metric:
 BLEU_M, CHRF_M, CHRFPP_M, TER_M, SPBLEU_M = (Metric("bleu", "BLEU"), Metric("chrf", "chrF"),
                                              Metric("chrfpp", "chrF++"), Metric("ter", "TER", False),
                                              Metric("spbleu", "spBLEU"))
-ALWAYS = (BLEU_M, CHRF_M, CHRFPP_M, TER_M)
-ALL = (*ALWAYS, SPBLEU_M)
+OFF_TARGET_M = Metric("off_target", "off-tgt%", False)  # langid.py: hypotheses not in the target language
+ALWAYS = (BLEU_M, CHRF_M, CHRFPP_M, TER_M, OFF_TARGET_M)
+ALL = (BLEU_M, CHRF_M, CHRFPP_M, TER_M, SPBLEU_M, OFF_TARGET_M)
 BY_KEY = {m.key: m for m in ALL}
 COMET_M = Metric("comet", "COMET")  # only with `mmtc eval --comet`: in its table and JSON, not in reports
 SHOWN = (*ALL, COMET_M)
@@ -82,7 +85,10 @@ def _note(text: str) -> None:  # once per process and text
     print(f"mmtc: note: {text}", file=sys.stderr)
 
 
-def sacrebleu_metric(key: str, lang: str | None = None) -> Any:
+def sacrebleu_metric(key: str, lang: str | None = None, languages: Sequence[str] = ()) -> Any:
+    """The scorer of `key` for target `lang`; off-target identifies among `languages` (the run's)."""
+    if key == "off_target":
+        return OffTarget(lang or "", languages)
     if key == "bleu":
         return BLEU(tokenize=bleu_tokenizer(lang))
     if key == "chrf":
@@ -101,14 +107,32 @@ def active_metrics() -> tuple[Metric, ...]:
 
 
 def score_all(hyps: Sequence[str], refs: Sequence[str], lang: str | None = None,
-              metrics: Sequence[Metric] | None = None) -> dict[str, Any]:
-    """{key: score (2 decimals), key_signature: sacrebleu's signature} for each metric."""
+              metrics: Sequence[Metric] | None = None, languages: Sequence[str] = ()) -> dict[str, Any]:
+    """{key: score (2 decimals), key_signature: sacrebleu's signature} for each metric. The
+    off-target rate needs the run's `languages` (without them, or for a target the identifier does
+    not know, it is left out and `off_target_note` says why); its references' own rate goes beside it."""
     out: dict[str, Any] = {}
     for m in metrics if metrics is not None else active_metrics():
+        if m.key == "off_target":
+            out.update(_off_target(hyps, refs, lang, languages))
+            continue
         metric = sacrebleu_metric(m.key, lang)
         out[m.key] = round(metric.corpus_score(list(hyps), [list(refs)]).score, 2)
         out[f"{m.key}_signature"] = str(metric.get_signature())
     return out
+
+
+def _off_target(hyps: Sequence[str], refs: Sequence[str], lang: str | None, languages: Sequence[str]) -> dict[str, Any]:
+    if not languages:
+        return {}
+    try:
+        metric = OffTarget(lang or "", languages)
+    except ValueError as exc:
+        _note(f"off-target rate for {lang} skipped: {exc}")
+        return {"off_target_note": str(exc)}
+    return {"off_target": round(metric.corpus_score(hyps).score, 2),
+            "off_target_signature": metric.get_signature(),
+            "off_target_ref": round(metric.corpus_score(refs).score, 2)}
 
 
 class CometScorer:

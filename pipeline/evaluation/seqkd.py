@@ -70,7 +70,7 @@ def make_plan(teacher: str, corpus: str, directions: list[str] | None, keep_real
     if not run.exists():
         raise FileNotFoundError(f"{teacher}: not a run directory (no config.yaml)")
     manifest = load_manifest(corpus)
-    names = manifest.select(directions or ["all"])
+    names = manifest.select(directions or ["all"], trained=True)
     if "all" in keep_real:
         keep_real = list(names)
     unknown = sorted(set(keep_real) - set(names))
@@ -78,7 +78,7 @@ def make_plan(teacher: str, corpus: str, directions: list[str] | None, keep_real
         raise ValueError(f"--keep-real {unknown}: not among the distilled directions {names}")
     recipe = run.load_config()
     tok = Tokenizer(run.tokenizer)
-    missing = [n for n in names if manifest.directions[manifest.names.index(n)].tgt not in tok.languages]
+    missing = [n for n in names if manifest.spec(n).tgt not in tok.languages]
     if missing:
         raise ValueError(f"the teacher {teacher} has no target tag for {missing} (its languages: {tok.languages})")
     if checkpoint is None:
@@ -229,6 +229,8 @@ def _plain_direction(d: DirectionSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"src": d.src, "tgt": d.tgt}
     if d.group is not None:
         out["group"] = d.group
+    if d.eval_only:
+        out["eval_only"] = True
     for split in ("train", "dev", "test"):
         spec = getattr(d, split)
         if spec is not None:

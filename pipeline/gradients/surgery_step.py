@@ -49,7 +49,7 @@ class TaskStep:
         if cfg.tasks == "directions":
             members = {n: [n] for n in stage_names}
         elif cfg.groups:
-            members = {g: manifest.select(sel) for g, sel in cfg.groups.items()}
+            members = {g: manifest.select(sel, trained=True) for g, sel in cfg.groups.items()}
         else:
             members = {g: names for g, names in manifest.groups().items()}
         members = {k: [n for n in v if n in stage_names] for k, v in members.items()}

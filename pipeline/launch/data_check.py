@@ -25,7 +25,7 @@ from pipeline.data.train_splits import count_problems, open_splits
 
 def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> str:
     data = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-    if isinstance(data, dict) and "directions" not in data:
+    if isinstance(data, dict) and "directions" not in data and "pairs" not in data:
         return _check_recipe(path, overrides)
     manifest = load_manifest(path)
     # The checks `mmtc run` makes before its tokenizer, with the recipe defaults (on_invalid: error,
@@ -38,17 +38,23 @@ def check_manifest(path: str, overrides: list[str] | tuple[str, ...] = ()) -> st
     problems = counted.problems + count_problems(sources, counted.counts) + check_raw(evals, defaults)
     if problems:
         raise DataError(problems)
-    lines = [f"{path}: {len(manifest.directions)} directions, languages {', '.join(manifest.languages)}",
+    n_eval = len(manifest.eval_only)
+    lines = [f"{path}: {len(manifest.directions)} directions"
+             + (f" ({len(manifest.trained)} trained, {n_eval} eval-only)" if n_eval else "")
+             + f", languages {', '.join(manifest.languages)}",
              "pairs per split (empty train pairs would be dropped):"]
     for d in manifest.directions:
-        c = counted.counts[d.name]
-        cells = [_cell("train", c.seen, c.empty, c.invalid)]
+        c = counted.counts.get(d.name)
+        cells = [_cell("train", c.seen, c.empty, c.invalid)] if c is not None else ["eval-only"]
         for split in SPLITS[1:]:
             rs = evals.get((d.name, split))
             if rs is not None:
                 bad = rs.dropped.get("invalid_utf8", 0)
                 cells.append(_cell(split, len(rs.src) + bad, int((~empty_mask(rs.src, rs.tgt)).sum()), bad))
         lines.append(f"  {d.name}" + (f" [{d.group}]" if d.group else "") + ": " + "; ".join(cells))
+        if d.origin.startswith("pairs"):  # a generated direction: where its files were found
+            first = d.split("train") or d.dev
+            lines.append(f"      {d.origin.split(' ')[0]}: {first.describe()}")
     groups = manifest.groups()
     if groups:
         lines.append("groups: " + "; ".join(f"{g}: {', '.join(n)}" for g, n in groups.items()))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import RecipeConfig
+from pipeline.core.hostinfo import slow_cpu_bf16_note
 from pipeline.rundir.layout import RunDir
 
 
@@ -74,10 +75,15 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
     """Prepare the data here, before any worker starts (errors surface once, workers hit the
     cache), then train in this process or in `nproc` launched ones. A fresh run whose data
     fails to prepare is removed again, so the same command can be retried."""
+    import torch
+
     from pipeline.data.prepare import copy_tokenizer, load_corpus, record_corpus
     from pipeline.launch.worker import train_main
 
     print(f"run directory: {run.path}", flush=True)
+    note = slow_cpu_bf16_note(recipe.train.precision, on_gpu=torch.cuda.is_available())
+    if note:
+        print(f"mmtc: warning: {note}", file=sys.stderr, flush=True)
     try:
         corpus = load_corpus(recipe, run.tokenizer, print)
         copy_tokenizer(corpus, run.path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.typed_yaml import to_plain
+from pipeline.evaluation.langid import candidates_from_signature
 from pipeline.evaluation.metrics import ALL, sacrebleu_metric
 from pipeline.report.stage_report import (
     build_report,
@@ -168,18 +169,20 @@ def bootstrap_test(diffs: Sequence[float], alpha: float = ALPHA) -> tuple[list[f
 
 def paired_bootstrap(base: Sequence[str], systems: Sequence[tuple[str, Sequence[str]]], refs: Sequence[str],
                      samples: int = 1000, lang: str | None = None,
-                     metric_keys: Sequence[str] = METRICS) -> dict[str, dict[str, dict[str, Any]]]:
+                     metric_keys: Sequence[str] = METRICS, languages: Sequence[str] = (),
+                     ) -> dict[str, dict[str, dict[str, Any]]]:
     """{system: {metric: {score, delta, ci: [lo, hi], p, significant}}} against `base`: B paired
     resamples of the test sentences (the same for every system and metric; drawn from
     SACREBLEU_SEED or 12345, as sacrebleu's PairedTest), the corpus score of each, and
     `bootstrap_test` on the differences. sacrebleu's own bootstrap p-value tests a centred |Δ|
     one-sidedly and came out 2-3x smaller than a two-sided test; it is not used. `lang` picks
-    BLEU's tokenizer as the evaluation did; TER's deltas are lower-is-better."""
+    BLEU's tokenizer as the evaluation did, `languages` off-target's candidates; TER's and
+    off-target's deltas are lower-is-better."""
     import os
 
     import numpy as np
 
-    metrics = {m: sacrebleu_metric(m, lang) for m in metric_keys}
+    metrics = {m: sacrebleu_metric(m, lang, languages) for m in metric_keys}
     seed = int(os.environ.get("SACREBLEU_SEED", "12345"))
     idx = np.random.default_rng(seed).choice(len(refs), size=(samples, len(refs)), replace=True)
     out: dict[str, dict[str, dict[str, Any]]] = {n: {} for n, _ in systems}
@@ -285,10 +288,11 @@ def compare_runs(paths: Sequence[Path], out: Path, baseline: str | Path | None =
         base = results[[p.resolve() for p in all_paths].index(Path(baseline).resolve())]
         others = [r for r in results if r is not base]
         sig: dict[str, Any] = {"baseline": base.label, "samples": samples, "runs": {r.label: {} for r in others}}
+        candidates = candidates_from_signature(doc["signatures"]["off_target"]) if "off_target" in tested else []
         for name in directions:
             refs = read_lines(base.path / base.split["directions"][name]["references"])
             res = paired_bootstrap(_hyps(base, name), [(r.label, _hyps(r, name)) for r in others], refs, samples,
-                                   target_language(name), tested)
+                                   target_language(name), tested, candidates)
             for lab, v in res.items():
                 sig["runs"][lab][name] = v
         doc["significance"] = sig

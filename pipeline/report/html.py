@@ -15,9 +15,12 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.hostinfo import environment
 from pipeline.evaluation.evaluate import partial_note
 from pipeline.evaluation.metrics import ALL as METRICS
-from pipeline.evaluation.metrics import TER_M, Metric
+from pipeline.evaluation.metrics import OFF_TARGET_M, TER_M, Metric
 from pipeline.report import plots
 from pipeline.report.rundata import RunData, stage_stem
+
+OFF_TARGET_NOTE = ("off-tgt%: hypotheses identified (lingua, among the run's languages) as another language than "
+                   "the target; lower is better.")
 
 Cell = str | tuple[str, str]  # text, or (text, css class)
 NUMERIC = re.compile(r"^([+\-–]?\d|–$)")  # right-aligned: numbers, signed deltas, "–" for none
@@ -99,7 +102,8 @@ def stage_markdown(rep: dict[str, Any]) -> str:
                          + "".join(f"{a[m.key]:.2f} | {_md_d(d, m.key)} | " if m.key in a else "| | " for m in ms) + "| | | |")
         note = partial_note(sp["directions"])
         lines += (["", f"**{note}**"] if note else []) + [""] + [
-            f"{m.label}: `{sp['signatures'][m.key]}`  " for m in ms] + (["TER: lower is better."] if TER_M in ms else [])
+            f"{m.label}: `{sp['signatures'][m.key]}`  " for m in ms] + (["TER: lower is better."] if TER_M in ms else []) + (
+            [OFF_TARGET_NOTE] if OFF_TARGET_M in ms else [])
     lines += _distill_markdown(rep.get("distillation"), st["end_step"])
     return "\n".join(lines) + "\n"
 
@@ -300,7 +304,7 @@ def _compare_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list
             rows.append(row)
         tables.append((f"{m.label} difference from {sig['baseline']}: Δ [95% CI] and "
                        f"p (two-sided paired bootstrap, {sig['samples']} resamples; marked where p < 0.05, "
-                       "exactly where the interval excludes 0" + ("; TER: lower is better" if not m.higher_is_better
+                       "exactly where the interval excludes 0" + (f"; {m.label}: lower is better" if not m.higher_is_better
                                                                    else "") + ")", ["run", *names], rows))
     return tables
 

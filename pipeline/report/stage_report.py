@@ -97,6 +97,8 @@ def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs
         hyp = data.run.eval_dir(tag) / split / f"{name}.hyp"
         before = (prev or {}).get("directions", {}).get(name)
         scores = {k: e[k] for m in METRICS for k in (m.key, f"{m.key}_signature") if m.key in e}
+        if "off_target_ref" in e:  # beside the rate: the identifier's own error on these references
+            scores["off_target_ref"] = e["off_target_ref"]
         dirs[name] = {
             "group": groups.get(name), "sentences": e["sentences"], "of": e.get("of"), **scores,
             "loss": e["loss"], "copy_source": e.get("copy_source"),

@@ -49,7 +49,7 @@ def open_stage(host: StepHost, stages: list[StageConfig], index: int, reference:
     same model."""
     recipe, corpus, counters = host.recipe, host.corpus, host.counters
     stage = stages[index]
-    names = corpus.manifest.select(stage.directions)
+    names = corpus.manifest.select(stage.directions, trained=True)
     sizes = corpus.sizes(names)
     start = counters.step - counters.stage_step
     progress = StageProgress(recipe, index, corpus.manifest, start)

@@ -46,6 +46,20 @@ def test_overfitting_needs_rising_dev_and_falling_train():
         assert n.observe(obs(i, dev={"lrl": d}, train={"lrl": t})) is None
 
 
+def test_overfitting_on_a_zero_shot_direction_uses_the_mean_training_loss_of_the_trained_ones():
+    cfg = MonitorConfig("overfitting", directions=["deu-fra"], patience=2)
+    m = Overfitting(cfg, ["deu-fra"], eval_only=frozenset({"deu-fra"}))
+    # deu-fra is never trained: its training side is the mean of eng-deu's and eng-fra's
+    # ((3.6+3.4)/2 = 3.5, then 3.0, 2.5, 2.2) while its dev loss rises at the last two evaluations
+    seq = [(3.0, 3.6, 3.4), (2.8, 3.1, 2.9), (2.9, 2.6, 2.4), (3.0, 2.3, 2.1)]
+    fired = [m.observe(obs(i, dev={"deu-fra": d}, train={"eng-deu": a, "eng-fra": b})) for i, (d, a, b) in enumerate(seq, 1)]
+    assert fired[:3] == [None, None, None]
+    assert fired[3]["direction"] == "deu-fra" and fired[3]["train_loss"] == [3.0, 2.5, 2.2]
+    # without eval_only, a direction absent from the training losses is no evidence: never fires
+    n = Overfitting(cfg, ["deu-fra"])
+    assert all(n.observe(obs(i, dev={"deu-fra": d}, train={"eng-deu": a})) is None for i, (d, a, _) in enumerate(seq, 1))
+
+
 def test_budget_steps_tokens_minutes():
     assert Budget(MonitorConfig("budget", steps=3), []).observe(obs(2)) is None
     assert Budget(MonitorConfig("budget", steps=3), []).observe(obs(3))["budget"] == "steps"
