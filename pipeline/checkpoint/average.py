@@ -146,7 +146,8 @@ def select_best(tags: list[ckpt.Committed], scored: tuple[dict[str, float], list
 
 def group_directions(run: RunDir, group: str) -> list[str]:
     summary = json.loads(run.data_summary.read_text())["directions"]
-    names = [n for n, d in summary.items() if group == "all" or d.get("group") == group]
+    # `all`, as everywhere, is the directions with training data (not the eval-only ones)
+    names = [n for n, d in summary.items() if (group == "all" and not d.get("eval_only")) or d.get("group") == group]
     if not names:
         groups = sorted({str(d.get("group")) for d in summary.values()})
         raise ValueError(f"--group {group}: no direction of this run is in it (groups: {', '.join(groups)}, or all)")

@@ -90,7 +90,7 @@ class Checkpointer:
         if not keep.k:
             return set()
         manifest = self.t.corpus.manifest
-        directions_of = {"all": manifest.names, **manifest.groups()}
+        directions_of = {"all": manifest.trained, **manifest.groups()}
         return best_to_keep(self.t.run.checkpoints, self.t.run.read_jsonl(self.t.run.metrics), keep, directions_of)
 
     def _failed(self, tag: str, why: str) -> None:

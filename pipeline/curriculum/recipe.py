@@ -119,6 +119,7 @@ def selector_errors(data: Any, recipe_path: Path) -> list[tuple[str, str]]:
     def surgery(node: Any, key: str) -> None:
         if isinstance(node, dict) and isinstance(node.get("groups"), dict):
             lists.extend((f"{key}.groups.{task}", sel) for task, sel in node["groups"].items())
+            sampled.update(f"{key}.groups.{task}" for task in node["groups"])  # tasks are trained directions
 
     surgery(data.get("surgery"), "surgery")
     train = data.get("train") if isinstance(data.get("train"), dict) else {}

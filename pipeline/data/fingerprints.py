@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.data.manifest import SourceSpec
+from pipeline.data.spec import SourceSpec
 
 VERSION = "1"
 RACY_S = 2.0

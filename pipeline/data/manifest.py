@@ -107,7 +107,9 @@ def resolve_paths(manifest: Manifest, base: Path) -> None:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """The manifest at `path`, its `pairs:` expanded, every error (with its line) raised together."""
+    """The manifest at `path`, its `pairs:` expanded. Binding errors (types, unknown keys, the explicit
+    directions' own checks) are raised first, all together; then everything the files and the whole
+    list show (missing files, repeats, coverage), all together, each with its line."""
     data, lines = load_yaml_file(path)
     manifest = bind(Manifest, data, lines)
     base = Path(path).resolve().parent
@@ -119,7 +121,8 @@ def load_manifest(path: str | Path) -> Manifest:
         errors += [f"{lines.at(k)}: {msg}" for k, msg in problems]
         manifest.directions += [d for d, _ in made]
         origins += [o for _, o in made]
-    errors += [f"{lines.at(k)}: {msg}" for k, msg in final_checks(manifest, origins)]
+    # a direction that failed to expand would make the coverage checks report its languages as untrained
+    errors += [f"{lines.at(k)}: {msg}" for k, msg in final_checks(manifest, origins, coverage=not errors)]
     if errors:
         raise ConfigError(errors, str(path))
     for d, origin in zip(manifest.directions, origins):
@@ -129,7 +132,7 @@ def load_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
-def final_checks(manifest: Manifest, origins: list[str]) -> Check:
+def final_checks(manifest: Manifest, origins: list[str], coverage: bool = True) -> Check:
     """What only the whole list can show: repeats (naming both places), an empty corpus, and a
     language of an eval-only direction that no trained direction covers."""
     out: Check = []
@@ -143,7 +146,7 @@ def final_checks(manifest: Manifest, origins: list[str]) -> Check:
         out.append(("directions", "the manifest has no direction: list some under directions: or pairs:"))
     elif not manifest.trained:
         out.append(("directions", "every direction is eval-only: at least one needs training data"))
-    if manifest.allow_untrained_languages:
+    if manifest.allow_untrained_languages or not coverage:
         return out
     text = {lang for d in manifest.directions if d.trains for lang in (d.src, d.tgt)}
     targets = {d.tgt for d in manifest.directions if d.trains}

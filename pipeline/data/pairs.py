@@ -16,10 +16,15 @@ so a missing language or split is an error naming the language and the path, not
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.atomic import atomic_write_text
+from pipeline.data.fingerprints import stat_key
 from pipeline.data.spec import Check, DirectionSpec, SourceSpec, simple_name
 
 PLACEHOLDERS = ("lang", "split", "src", "tgt", "pivot", "x", "pair")
@@ -67,10 +72,13 @@ class PairsSpec:
             out.append((f"{path}.group_by_size", "set group or group_by_size, not both"))
         if self.group_by_size is not None and self.eval_only:
             out.append((f"{path}.group_by_size", "eval-only directions have no training pairs to size"))
-        for g in ([self.group] if isinstance(self.group, str) else list((self.group or {}).values())) + list(
-                self.group_by_size or {}):
+        named = [("group", g) for g in ([self.group] if isinstance(self.group, str) else (self.group or {}).values())]
+        for key, g in named + [("group_by_size", g) for g in self.group_by_size or {}]:
             if g == "all" or not simple_name(g):
-                out.append((f"{path}.group", f"a name of letters, digits, _ and - other than 'all', got {g!r}"))
+                out.append((f"{path}.{key}", f"a name of letters, digits, _ and - other than 'all', got {g!r}"))
+        sizes = list((self.group_by_size or {}).values())
+        if len(set(sizes)) < len(sizes):
+            out.append((f"{path}.group_by_size", f"two groups share a threshold: {self.group_by_size}"))
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(self.pattern) if f is not None]
         except ValueError as exc:
@@ -124,6 +132,23 @@ def _file(base: Path, f: str) -> Path:
     return Path(f) if Path(f).is_absolute() else base / f
 
 
+def training_lines(spec: SourceSpec) -> int:
+    """The lines of a training split's source file, remembered in the cache by the file's stat
+    (`fingerprints.stat_key`), so that a manifest sized by `group_by_size` reads its files once, not
+    on every load (each rank, `mmtc eval`, the recipe check)."""
+    key = stat_key(spec)
+    record = Path(os.environ.get("MMTC_CACHE") or Path.home() / ".cache" / "mmtc") / "linecounts" / f"{key}.json"
+    if key is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads(record.read_text())["lines"])
+    n = count_lines(Path(spec.src or ""))
+    if key is not None:
+        with contextlib.suppress(OSError):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(record, json.dumps({"lines": n, "file": spec.src}) + "\n")
+    return n
+
+
 def count_lines(path: Path) -> int:
     """Lines of a text file, counted in 4 MiB blocks (a last line without a newline counts)."""
     n, last = 0, b"\n"
@@ -173,7 +198,7 @@ def expand_pairs(entry: PairsSpec, path: str, base: Path) -> tuple[list[tuple[Di
             spec_of[split] = SourceSpec(src=str(files["src"].resolve()), tgt=str(files["tgt"].resolve()))
         if bad:
             continue
-        pairs = count_lines(Path(spec_of["train"].src or "")) if entry.group_by_size is not None else None
+        pairs = training_lines(spec_of["train"]) if entry.group_by_size is not None else None
         group, why = _group(entry, src, tgt, pairs)
         if why:
             problems.append((f"{path}.group_by_size", f"{name}: {why}"))

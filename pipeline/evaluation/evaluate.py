@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def dev_loss(
 def evaluate(
     model: torch.nn.Module, tok: Tokenizer, splits: dict[str, TokenSplit], directions: Sequence[tuple[str, str]],
     cfg: EvalConfig, device: torch.device, out_dir: Path | None = None, split_name: str = "test",
-    meta: dict[str, Any] | None = None, groups: dict[str, str | None] | None = None,
+    meta: dict[str, Any] | None = None, groups: dict[str, str | None] | None = None, eval_only: Collection[str] = (),
     scorers: Sequence[Callable[[Sequence[str], Sequence[str], Sequence[str]], dict[str, Any]]] = (),
 ) -> dict[str, Any]:
     """directions: (name, target language). Returns and (optionally) writes the per-direction table."""
@@ -108,7 +108,7 @@ def evaluate(
         if out_dir is not None:
             (out_dir / split_name).mkdir(parents=True, exist_ok=True)
             (out_dir / split_name / f"{name}.hyp").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
-    results["averages"] = averages(results["directions"], groups or {})
+    results["averages"] = averages(results["directions"], groups or {}, eval_only)
     results["seconds"] = round(time.time() - t0, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,9 +116,11 @@ def evaluate(
     return results
 
 
-def averages(entries: dict[str, Any], groups: dict[str, str | None]) -> dict[str, Any]:
-    """Mean of each metric over all directions and over each group (e.g. hrl, lrl)."""
-    sets: dict[str, list[str]] = {"all": list(entries)}
+def averages(entries: dict[str, Any], groups: dict[str, str | None],
+             eval_only: Collection[str] = ()) -> dict[str, Any]:
+    """Mean of each metric over all trained directions (eval-only ones have their own group, e.g.
+    zero-shot, and stay out of `all`) and over each group (e.g. hrl, lrl)."""
+    sets: dict[str, list[str]] = {"all": [n for n in entries if n not in eval_only]}
     for name in entries:
         g = groups.get(name)
         if g:
@@ -132,15 +134,15 @@ def format_table(results: dict[str, Any], groups: dict[str, str | None] | None =
     dirs = results["directions"]
     cols = [m for m in SHOWN if dirs and all(m.key in e for e in dirs.values())]
     rows = [f"{results['split']}: scores per direction (copy-the-source BLEU and chrF in brackets; TER: lower is better)",
-            f"  {'direction':<12}{'group':<7}" + "".join(f"{m.label:>8}" for m in cols)
+            f"  {'direction':<12}{'group':<10}" + "".join(f"{m.label:>8}" for m in cols)
             + f"   {'[BLEU':>6}{'chrF]':>7}{'loss':>8}"]
     for name, e in dirs.items():
         base = e.get("copy_source", {})
         g = (groups or {}).get(name) or ""
-        rows.append(f"  {name:<12}{g:<7}" + "".join(f"{e[m.key]:>8.1f}" for m in cols)
+        rows.append(f"  {name:<12}{g:<10}" + "".join(f"{e[m.key]:>8.1f}" for m in cols)
                     + f"   {base.get('bleu', float('nan')):>6.1f}{base.get('chrf', float('nan')):>7.1f}{e['loss']:>8.3f}")
     for k, a in results.get("averages", {}).items():
-        rows.append(f"  {'avg ' + k:<19}" + "".join(f"{a[m.key]:>8.1f}" if m.key in a else f"{'':>8}" for m in cols))
+        rows.append(f"  {'avg ' + k:<22}" + "".join(f"{a[m.key]:>8.1f}" if m.key in a else f"{'':>8}" for m in cols))
     sigs = sorted({f"{m.label} {e[m.key + '_signature']}" for e in dirs.values() for m in cols
                    if m.key + "_signature" in e})
     note = partial_note(dirs)

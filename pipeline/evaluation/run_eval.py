@@ -25,4 +25,4 @@ def evaluate_run(run: RunDir, corpus: PreparedCorpus, recipe: RecipeConfig, spli
     groups = {d.name: d.group for d in corpus.manifest.directions}
     return evaluate(model, corpus.tokenizer, splits, directions, recipe.eval, device,
                     out_dir=Path(run.eval_dir(tag_name)), split_name=split, meta={"checkpoint": tag_name},
-                    groups=groups, scorers=scorers)
+                    groups=groups, eval_only=corpus.manifest.eval_only, scorers=scorers)

@@ -210,7 +210,10 @@ def merge(out: Path, log: Callable[[str], None] = print) -> Path:
         log(f"distill: {d.name}: {written} pairs written ({'distilled and real' if d.name in plan.keep_real else 'distilled'}"
             f"; dropped: {dropped['empty_or_invalid']} empty or invalid sources, {dropped['too_long']} too long for the teacher)")
     path = out / "manifest.yaml"
-    plain = {"name": f"{manifest.name}-distilled", "directions": [_plain_direction(d) for d in manifest.directions]}
+    plain: dict[str, Any] = {"name": f"{manifest.name}-distilled",
+                             "directions": [_plain_direction(d) for d in manifest.directions]}
+    if manifest.allow_untrained_languages:
+        plain["allow_untrained_languages"] = True
     atomic_write_text(path, "# written by mmtc distill: see provenance.json\n" + yaml.safe_dump(plain, sort_keys=False,
                                                                                               allow_unicode=True))
     provenance = {"method": "sequence-level knowledge distillation (Kim & Rush 2016)", "plan": asdict(plan),

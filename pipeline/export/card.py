@@ -37,7 +37,8 @@ def _corpus(run: RunDir) -> list[str]:
     summary = json.loads(run.data_summary.read_text())
     lines = ["| direction | group | train pairs | dev | test |", "|---|---|---:|---:|---:|"]
     for d, e in summary["directions"].items():
-        cells = [str(e.get(s, {}).get("pairs", "")) for s in ("train", "dev", "test")]
+        cells = [str(e.get(s, {}).get("pairs", "eval-only" if s == "train" and e.get("eval_only") else ""))
+                 for s in ("train", "dev", "test")]
         lines.append(f"| {d} | {e.get('group') or ''} | " + " | ".join(cells) + " |")
     return [f"Manifest: `{summary.get('manifest', '?')}`.", "", *lines]
 

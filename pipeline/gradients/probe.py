@@ -128,12 +128,14 @@ class GradientProbe:
         gradients and their curvature matrix K."""
         t = self.t
         t.engine.train(False)
-        info, train_grads, dev_grads = self.cosines(step, train_names, t.names)
+        # the dev side is the trained directions: an eval-only one steering sampling would not be zero-shot
+        dev_names = t.corpus.manifest.trained
+        info, train_grads, dev_grads = self.cosines(step, train_names, dev_names)
         if policy.wants_curvature:
             dev_mean = torch.stack(dev_grads).mean(0)
             units = [g / g.norm().clamp_min(1e-30) for g in train_grads]
             info.dev_alignment = self.gram(units, [dev_mean])[:, 0]
-            info.curvature = self.curvature(step, t.names, train_grads, policy.curvature_tokens)
+            info.curvature = self.curvature(step, dev_names, train_grads, policy.curvature_tokens)
         t.engine.train(True)
         return info
 

@@ -39,7 +39,7 @@ def plan_sweep(recipe_path: str, ratios: Sequence[float], group: str, overrides:
 
     recipe = load_recipe(recipe_path, list(overrides))
     corpus = prepare_corpus(recipe.data, recipe.tokenizer, log=lambda _m: None)
-    names = corpus.manifest.names
+    names = corpus.manifest.trained  # eval-only directions have no data to weigh
     sizes = corpus.sizes(names)
     groups = {d.name: d.group for d in corpus.manifest.directions}
     return [{"ratio": r, "weights": ratio_weights(names, sizes, groups, group, r)} for r in ratios]
@@ -88,7 +88,7 @@ def fit_sweep(sweep_json: Path) -> list[Fit]:
     manifest = load_manifest(resolve_manifest(recipe.data, lambda _m: None))
     summary = json.loads((Path(sweep["runs"][0]["run_dir"]) / "data_summary.json").read_text())
     fits = []
-    for name in manifest.names:
+    for name in manifest.trained:  # an eval-only direction has no data size to fit
         ratios, losses = [], []
         for run in sweep["runs"]:
             ratios.append(run["weights"][name])

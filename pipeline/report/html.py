@@ -182,7 +182,8 @@ def _data_table(summary: dict[str, Any]) -> str:
         for split in ("train", "dev", "test"):
             s = d.get(split) or {}
             drops = ", ".join(f"{k} {v}" for k, v in (s.get("dropped") or {}).items())
-            row += [str(s.get("pairs", "–")), drops or ("none" if s else "–")]
+            empty = "eval-only" if split == "train" and d.get("eval_only") else "–"
+            row += [str(s.get("pairs", empty)), drops or ("none" if s else "–")]
         rows.append(row)
     return table(["direction", "group", "train pairs", "train dropped", "dev pairs", "dev dropped", "test pairs",
                   "test dropped"], rows)

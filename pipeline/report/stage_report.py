@@ -106,7 +106,8 @@ def _split_section(data: RunData, tag: str, split: str, ev: dict[str, Any], refs
             "references": str(refs[name].relative_to(data.run.path)), "references_sha256": sha256(refs[name]),
             "delta": _delta(e, before, {**{m.key: 2 for m in METRICS}, "loss": 4}),
         }
-    avgs = averages(dirs, groups)
+    eval_only = [n for n, d in data.summary.get("directions", {}).items() if d.get("eval_only")]
+    avgs = averages(dirs, groups, eval_only)
     for k, a in avgs.items():
         a["delta"] = _delta(a, (prev or {}).get("averages", {}).get(k), {m.key: 2 for m in METRICS})
     present = [m.key for m in METRICS if all(m.key in d for d in dirs.values())]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,11 @@ def test_a_pivot_and_both_give_each_direction_and_its_reverse_from_the_same_file
     assert fwd.origin == "pairs[0] (eng-deu)"
 
 
-def test_to_pivot_without_both_is_many_to_one_and_group_by_size_counts_training_lines(tmp_path):
+def test_to_pivot_without_both_is_many_to_one_and_group_by_size_counts_training_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMTC_CACHE", str(tmp_path / "cache"))
     corpus(tmp_path, {"deu": 120, "fra": 100, "bos": 7})
+    for f in tmp_path.glob("eng-*/*"):  # older than the 2 s a just-written file is not trusted for
+        os.utime(f, (f.stat().st_mtime - 10, f.stat().st_mtime - 10))
     m = load_manifest(manifest(tmp_path, """pairs:
   - pivot: eng
     langs: [deu, fra, bos]
@@ -65,6 +70,11 @@ def test_to_pivot_without_both_is_many_to_one_and_group_by_size_counts_training_
     assert m.names == ["deu-eng", "fra-eng", "bos-eng"]
     # 120 and 100 lines reach the hrl threshold (>= 100); 7 lines only lrl's (>= 0)
     assert m.groups() == {"hrl": ["deu-eng", "fra-eng"], "lrl": ["bos-eng"]}
+    # counted once: the next load reads the counts from the cache, by each file's stat
+    counts = sorted(json.loads(f.read_text())["lines"] for f in (tmp_path / "cache" / "linecounts").glob("*.json"))
+    assert counts == [7, 100, 120]
+    (tmp_path / "eng-deu" / "train.deu").write_text("")  # same stat would be trusted; this one changed
+    assert load_manifest(tmp_path / "manifest.yaml").groups() == {"hrl": ["fra-eng"], "lrl": ["deu-eng", "bos-eng"]}
 
 
 def test_explicit_and_generated_directions_mix_and_a_repeat_names_both_places(tmp_path):

@@ -153,3 +153,28 @@ def test_a_datasets_split_streams_in_row_chunks_with_nested_fields(tmp_path, mon
     bad = SourceSpec(format="disk", path=str(tmp_path / "disk"), src_field="translation.xx", tgt_field="translation.de")
     with pytest.raises(DataError, match=r"row 1: field 'translation.xx' not found"):
         chunks.open_source(bad, "error", "eng-deu train")
+
+
+def test_a_reverse_read_from_the_same_files_adds_nothing_to_the_tokenizer_sample(tmp_path):
+    big = b"".join(f"big line {i}\n".encode() for i in range(3000))
+    small = b"".join(f"small {i}\n".encode() for i in range(100))
+    m = manifest(tmp_path, {"eng-deu": {"train": (big, big.upper())}, "eng-fra": {"train": (small, small.upper())}})
+    from pipeline.data.manifest import load_manifest
+
+    one_way = load_manifest(m)
+    cfg = TokenizerConfig(vocab_size=300, max_sentences=2000, temperature=2.0, seed=4)
+    spec = yaml.safe_load(m.read_text())
+    fwd = one_way.spec("eng-deu")
+    spec["directions"].append({"src": "deu", "tgt": "eng", "train": {"src": fwd.train.tgt, "tgt": fwd.train.src},
+                               "dev": {"src": fwd.dev.tgt, "tgt": fwd.dev.src}})
+    m.write_text(yaml.safe_dump(spec))
+    both = load_manifest(m)
+    assert both.names == ["eng-deu", "eng-fra", "deu-eng"]
+    sources, _ = prepare.open_splits(both, "error")
+    wanted = plan(both, sources, cfg)
+    # deu-eng mirrors eng-deu's files: it draws nothing, and the others draw exactly what they
+    # drew without it (the same language sizes, so the same multinomial and positions)
+    assert len(wanted[("deu-eng", "src")]) == len(wanted[("deu-eng", "tgt")]) == 0
+    alone = plan(one_way, prepare.open_splits(one_way, "error")[0], cfg)
+    for key, pos in alone.items():
+        assert np.array_equal(wanted[key], pos)
