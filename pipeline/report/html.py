@@ -284,6 +284,12 @@ def _compare_tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list
                        else []))
     pareto_col = ["Pareto-optimal"] if front and not doc["seed_groups"] else []
     tables.append((f"BLEU / chrF per direction on {doc['split']}", ["run", "stage", *cols, *pareto_col], rows))
+    if "off_target" in doc.get("metrics", []):  # the zero-shot failure BLEU alone hides: output in the wrong language
+        rows = [[r["label"], r["stage"]] + [num(c.get("off_target") if c else None, 1) for c in
+                                            [r["directions"][n] for n in names] + [r["averages"].get(k) for k in avgs]]
+                for r in doc["runs"]]
+        tables.append((f"Off-target rate (%) per direction on {doc['split']}: {OFF_TARGET_NOTE}", ["run", "stage", *cols],
+                       rows))
     if doc["seed_groups"]:
         rows = []
         for g in doc["seed_groups"]:

@@ -171,3 +171,25 @@ allow_untrained_languages: true  # eng is a source only: its tag <2eng> never tr
     assert "  eng-deu: train 4; dev 3; test 3" in out
     assert f"      pairs[0]: {tmp_path / 'eng-deu' / 'train.eng'} | {tmp_path / 'eng-deu' / 'train.deu'}" in out
     assert "  deu-eng [held-out]: eval-only; dev 3" in out
+
+
+def test_an_opus100_layout_of_99_languages_is_a_dozen_lines(tmp_path):
+    langs = [f"x{i:02d}" for i in range(99)]
+    for x in langs:
+        pair = "-".join(sorted(("en", x)))
+        d = tmp_path / "supervised" / pair
+        d.mkdir(parents=True)
+        for split in ("train", "dev", "test"):
+            for lang in ("en", x):
+                (d / f"opus.{pair}-{split}.{lang}").write_text("a\nb\n")
+    m = load_manifest(manifest(tmp_path, f"""name: opus-100
+pairs:
+  - pivot: en
+    langs: [{", ".join(langs)}]
+    both: true
+    pattern: "supervised/{{pair}}/opus.{{pair}}-{{split}}.{{lang}}"
+"""))
+    assert len(m.names) == 198 and m.names[:2] == ["en-x00", "x00-en"]
+    spec = m.spec("x42-en").train
+    assert (spec.src, spec.tgt) == (str(tmp_path / "supervised/en-x42/opus.en-x42-train.x42"),
+                                    str(tmp_path / "supervised/en-x42/opus.en-x42-train.en"))

@@ -182,3 +182,21 @@ def test_each_run_is_described_by_its_balancing_per_stage():
                       "surgery": {"method": "pcgrad"},
                       "stages": [{"name": "hrl", "sampling": {"kind": "proportional"}, "surgery": {"method": "none"}},
                                  {"name": "mix"}]}) == "hrl: proportional → mix: temperature τ=5.0, pcgrad"
+
+
+def test_the_comparison_has_an_off_target_table_when_the_runs_were_scored_for_it():
+    from pipeline.report.html import compare_markdown
+
+    runs = [{"label": lab, "stage": "main", "method": "temperature", "checkpoint": "c", "seed": 1,
+             "directions": {"deu-fra": {"bleu": b, "chrf": 20.0, "off_target": o}},
+             "averages": {"zero-shot": {"bleu": b, "chrf": 20.0, "off_target": o, "directions": 1}}}
+            for lab, b, o in (("t1", 1.5, 62.5), ("t5", 2.0, 12.25))]
+    doc = {"split": "test", "metrics": ["bleu", "chrf", "off_target"], "directions": {"deu-fra": "zero-shot"},
+           "signatures": {"bleu": "nrefs:1", "chrf": "nrefs:1", "off_target": "lingua:2.1.1|langs:deu,eng,fra"},
+           "runs": runs, "pareto": None, "significance": None, "seed_groups": None}
+    md = compare_markdown(doc)
+    assert "## Off-target rate (%) per direction on test" in md
+    assert "| t1 | main | 62.5 | 62.5 |" in md and "| t5 | main | 12.2 | 12.2 |" in md
+    assert "off-tgt% `lingua:2.1.1|langs:deu,eng,fra`" in md
+    doc["metrics"] = ["bleu", "chrf"]
+    assert "Off-target" not in compare_markdown(doc)  # runs from before the metric: no such table
