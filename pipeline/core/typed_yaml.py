@@ -254,8 +254,10 @@ def _bind_dataclass(cls: Any, value: Any, path: str, lines: Lines, errors: list[
         bound = _bind_value(hints[key], v, sub, lines, errors)
         f = fields[key]
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        if len(errors) > before and has_default and not dataclasses.is_dataclass(hints[key]):
-            # Reported; the default stands in, so this section's other checks still run.
+        if len(errors) > before and has_default and not dataclasses.is_dataclass(hints[key]) \
+                and get_origin(hints[key]) not in (list, dict):
+            # Reported; the default stands in, so this section's other checks still run (a list
+            # or mapping keeps what did bind: its items' own checks still run too).
             _BAD.add(sub)
             continue
         kwargs[key] = bound

@@ -81,7 +81,7 @@ def test_manifest_unknown_keys_listed_with_paths(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_manifest(m)
     text = "\n".join(exc.value.errors)
-    assert f"{m}:4: directions[0].colour: unknown key 'colour'; valid keys here: dev, group, src, test, tgt, train" \
+    assert f"{m}:4: directions[0].colour: unknown key 'colour'; valid keys here: dev, eval_only, group, src, test, tgt, train" \
         in text
     assert "directions[0].train.foo: unknown key" in text
     assert "directions[0].dev.src_field: required for format 'jsonl'" in text
