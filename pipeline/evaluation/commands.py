@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.data.pairs import count_lines
+
 
 def _run_context(run_dir: str) -> tuple[object, object, object]:
     from pipeline.data.prepare import open_recorded
@@ -83,10 +85,3 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def count_lines(path: Path) -> int:
-    n, last = 0, b"\n"
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")

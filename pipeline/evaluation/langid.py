@@ -63,7 +63,7 @@ class OffTarget:
             raise ValueError(f"lingua cannot identify {target}")
         if len(self.candidates) < 2:
             raise ValueError(f"only {target} is identifiable: off-target needs at least two candidate languages")
-        self.want = lingua_language(target)
+        self.want: Language = lingua_language(target)  # type: ignore[assignment]  # checked above
 
     def detected(self, texts: Sequence[str]) -> list[str | None]:
         """The candidate each text is identified as (None when lingua cannot place it)."""
@@ -71,8 +71,9 @@ class OffTarget:
         return [None if x is None else x.iso_code_639_3.name.lower() for x in found]
 
     def flags(self, hyps: Sequence[str]) -> np.ndarray:
-        found = _detector(tuple(self.candidates)).detect_languages_in_parallel_of(list(hyps))
-        return np.array([x is not None and x != self.want for x in found], dtype=np.float32)
+        """1 where a hypothesis is identified as another language than the target, else 0."""
+        want = self.want.iso_code_639_3.name.lower()
+        return np.array([x is not None and x != want for x in self.detected(hyps)], dtype=np.float32)
 
     def _extract_corpus_statistics(self, hyps: Sequence[str], refs: Any = None) -> np.ndarray:
         return np.stack([self.flags(hyps), np.ones(len(hyps), dtype=np.float32)], axis=1)
