@@ -10,7 +10,12 @@ same work per step; the issue's anchor); and CTranslate2 in float32 and int8, co
 Pegasus by CTranslate2's converter as `mmtc export --format ctranslate2` does (agreement counted
 too). Banned tokens match (pad and bos). Timings alternate
 between the contenders, `--reps` rounds, and report the median. Writes
-benchmarks/results/decoding.json.
+benchmarks/results/decoding.json (or --results).
+
+`--device cuda` puts mmtc's model and both `transformers` models on the GPU (fp32; every timed call
+ends in a host copy of its tokens, so the timings include the GPU's work) and CTranslate2 there too
+where its build sees a GPU (else on the CPU; the JSON's `ct2_device` says which). `--no-ct2` drops
+the CTranslate2 rows (where the package is missing).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pipeline.export.hf_model import pegasus_config, to_pegasus
 from pipeline.model.decode import beam_search, greedy_search
 from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
 
+from machine import hardware  # noqa: E402  (same directory)
 from throughput import marian  # noqa: E402  (same directory)
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -51,7 +57,7 @@ def pegasus_with_weights_of(ours: Seq2SeqTransformer):
     return to_pegasus(ours, pegasus_config(ours, PAD, BOS, EOS, UNK))
 
 
-def ctranslate2_of(hf, vocab: int, workdir: Path, quantization: str):
+def ctranslate2_of(hf, vocab: int, workdir: Path, quantization: str, device: str = "cpu"):
     """The HF model through CTranslate2's own converter, as `mmtc export --format ctranslate2`
     does (a word-level stand-in tokenizer: these inputs are ids, not text)."""
     import ctranslate2
@@ -68,7 +74,7 @@ def ctranslate2_of(hf, vocab: int, workdir: Path, quantization: str):
                                 eos_token=piece(EOS)).save_pretrained(hf_dir)
     TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization, force=True)
     start_decoding_with(out, piece(BOS))
-    return ctranslate2.Translator(str(out), device="cpu", compute_type=quantization, inter_threads=1,
+    return ctranslate2.Translator(str(out), device=device, compute_type=quantization, inter_threads=1,
                                   intra_threads=torch.get_num_threads())
 
 
@@ -90,6 +96,7 @@ def teacher_forced_gap(ours: Seq2SeqTransformer, hf, src: torch.Tensor) -> float
     g = torch.Generator().manual_seed(1)
     tgt = torch.randint(4, ours.vocab_size, (src.shape[0], 20), generator=g)
     tgt[:, 0] = BOS
+    tgt = tgt.to(src.device)
     with torch.inference_mode():
         mine = ours.logprobs(ours.decoder_hidden(ours.encode(src), tgt))
         theirs = hf(input_ids=src, attention_mask=src.ne(PAD), decoder_input_ids=tgt).logits.log_softmax(-1)
@@ -114,10 +121,11 @@ def sequence_scores(model: Seq2SeqTransformer, src: torch.Tensor, hyps: list[lis
     for i, h in enumerate(hyps):
         tgt_in[i, : len(h) + 1] = torch.tensor([BOS, *h])
         tgt_out[i, : len(h) + 1] = torch.tensor([*h, EOS])
+    tgt_in, tgt_out = tgt_in.to(src.device), tgt_out.to(src.device)
     with torch.inference_mode():
         lp = model.logprobs(model.decoder_hidden(model.encode(src), tgt_in))
         picked = lp.gather(2, tgt_out[:, :, None]).squeeze(2).masked_fill(tgt_out.eq(PAD), 0.0)
-        eos = picked.gather(1, torch.tensor([[len(h)] for h in hyps])).squeeze(1)
+        eos = picked.gather(1, torch.tensor([[len(h)] for h in hyps], device=src.device)).squeeze(1)
     total = picked.sum(1)
     return list(zip((total - eos).tolist(), total.tolist()))
 
@@ -143,16 +151,40 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--no-ct2", action="store_true", help="leave CTranslate2 out (where it is not installed)")
+    ap.add_argument("--results", default="benchmarks/results/decoding.json")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     arch = resolve_arch(ModelConfig(preset=args.preset, dropout=0.0))
     ours = Seq2SeqTransformer(arch, args.vocab, PAD).eval()
     same = pegasus_with_weights_of(ours)
     workdir = Path(tempfile.mkdtemp(prefix="decoding-ct2-"))
-    ct2 = {q: ctranslate2_of(same, args.vocab, workdir, q) for q in ("float32", "int8")}
+    ct2_device = "cpu"
+    if not args.no_ct2 and args.device == "cuda":
+        import ctranslate2
+
+        ct2_device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    ct2 = {}
+    for q in () if args.no_ct2 else ("float32", "int8"):
+        try:
+            ct2[q] = ctranslate2_of(same, args.vocab, workdir, q, ct2_device)
+            if ct2_device == "cuda":  # CUDA libraries load at the first translation
+                ct2_translate(ct2[q], sources(2, args.vocab), 1, 2)
+        except (RuntimeError, ValueError, OSError) as e:
+            if ct2_device == "cpu":
+                raise
+            # A CTranslate2 wheel built for another CUDA than the machine's: its rows on the CPU.
+            print(f"CTranslate2 on cuda failed ({e}); its rows run on the CPU")
+            ct2_device = "cpu"
+            ct2 = {k: ctranslate2_of(same, args.vocab, workdir, k, "cpu") for k in (*ct2, q)}
     other = marian(arch, args.vocab).eval()
-    src = sources(args.batch, args.vocab)
+    ours, same, other = ours.to(device), same.to(device), other.to(device)
+    src = sources(args.batch, args.vocab).to(device)
     n = args.new_tokens
     gap = teacher_forced_gap(ours, same, src)
     print(f"teacher-forced log-prob gap, mmtc vs the HF export (Pegasus) with the same weights: {gap:.2e}")
@@ -170,7 +202,7 @@ def main() -> None:
         # eos's log-prob: then ours wins counting eos and theirs without it.
         gaps = []
         if differ:
-            rows = torch.tensor(differ)
+            rows = torch.tensor(differ, device=device)
             a = sequence_scores(ours, src[rows], [ours_out[i] for i in differ])
             b = sequence_scores(ours, src[rows], [theirs_out[i] for i in differ])
             gaps = [{"tokens": round(x[0] - y[0], 4), "tokens_and_eos": round(x[1] - y[1], 4)} for x, y in zip(a, b)]
@@ -184,20 +216,22 @@ def main() -> None:
         results[f"beam{beam}"] = {"mmtc_sent_per_s": round(rate["mmtc"], 2),
                                   "hf_pegasus_sent_per_s": round(rate["pegasus"], 2),
                                   "hf_marian_sent_per_s": round(rate["marian"], 2),
-                                  "ct2_float32_sent_per_s": round(rate["ct2_float32"], 2),
-                                  "ct2_int8_sent_per_s": round(rate["ct2_int8"], 2),
+                                  **{f"ct2_{q}_sent_per_s": round(rate[f"ct2_{q}"], 2) for q in ct2},
                                   "ratio": round(rate["mmtc"] / best_peer, 2),
                                   "identical_outputs": f"{agree}/{args.batch}",
                                   "ct2_identical_outputs": {q: f"{k}/{args.batch}" for q, k in ct2_same.items()},
                                   "score_gaps_where_different": gaps}
         print(f"beam {beam}: mmtc {rate['mmtc']:.1f} sentences/s, HF generate Pegasus {rate['pegasus']:.1f}, "
               f"MarianMT {rate['marian']:.1f}; ratio to the faster {rate['mmtc'] / best_peer:.2f}; "
-              f"CTranslate2 float32 {rate['ct2_float32']:.1f}, int8 {rate['ct2_int8']:.1f}; "
-              f"outputs identical to the HF export's: {agree}/{args.batch}, to CTranslate2's: {ct2_same}"
+              + ("CTranslate2 " + ", ".join(f"{q} {rate[f'ct2_{q}']:.1f}" for q in ct2) + "; " if ct2 else "")
+              + f"outputs identical to the HF export's: {agree}/{args.batch}, to CTranslate2's: {ct2_same}"
               + (f" (log-prob ours - theirs where not: {gaps})" if gaps else ""))
-    dest = Path("benchmarks/results/decoding.json")
+    dest = Path(args.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if args.device == "cpu" else {"device": args.device, "ct2_device": ct2_device if ct2 else None,
+                                              "hardware": hardware()}
     dest.write_text(json.dumps({"preset": args.preset, "batch": args.batch, "new_tokens": n, "threads": args.threads,
+                                **extra,
                                 "reps": args.reps, "statistic": "median", "teacher_forced_logprob_gap": gap,
                                 "results": results}, indent=1))
 

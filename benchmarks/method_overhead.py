@@ -87,7 +87,10 @@ def step_time(name: str, setting: str | list[str], every: int | None, args: argp
     cmd = [sys.executable, "-m", "pipeline", "run", args.recipe, "--run-dir", str(run_dir), "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        print(f"{name}: `mmtc run` failed (exit {proc.returncode}); its output's end:\n{proc.stdout[-4000:]}")
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_s"] for r in rows if "step_s" in r][1:]
     probe = [r["probe_s"] for r in rows if "probe_s" in r]
@@ -120,30 +123,40 @@ def main() -> None:
     results = kept.get("seconds_per_step", {})
     probed = kept.get("probe_seconds_per_update", {})
     every = {k: int(m.group(1)) for k, v in CONFIGS.items() if (m := re.search(r"every: (\d+)", str(v)))}
+
+    def save() -> dict[str, float]:
+        """Writes what is measured so far (after each configuration: a run cut short by a time
+        limit keeps the configurations it finished); returns the extra seconds per update."""
+        base = results["plain"]
+        # A policy's extra time per update (its cadence × the amortised extra per step), and what that
+        # comes to at a paper's cadence (MultiDDS: every 1,000 steps).
+        # A probe's own timing is exact where the step-time difference carries the runs' noise (about
+        # 10% of a step, times the cadence): it is the bulk of the extra per update wherever a policy has one.
+        per_update = {k: probed.get(k, (results[k] - base) * every[k]) for k in results if k in every}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": args.precision,
+                                    "hardware": hardware(), "overrides": args.set,
+                                    "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()},
+                                    "every": every, "extra_seconds_per_update": per_update,
+                                    "probe_seconds_per_update": probed},
+                                   indent=1))
+        return per_update
+
     for name, s in CONFIGS.items():
         if not only or name in only:
             results[name], probe = step_time(name, s, every.get(name), args, out)
             probed.pop(name, None)
             if probe is not None:
                 probed[name] = probe
+            if "plain" in results:
+                save()
     base = results["plain"]
-    # A policy's extra time per update (its cadence × the amortised extra per step), and what that
-    # comes to at a paper's cadence (MultiDDS: every 1,000 steps).
-    # A probe's own timing is exact where the step-time difference carries the runs' noise (about
-    # 10% of a step, times the cadence): it is the bulk of the extra per update wherever a policy has one.
-    per_update = {k: probed.get(k, (results[k] - base) * every[k]) for k in results if k in every}
+    per_update = save()
     print(f"{'configuration':<24}{'s/step':>9}{'× plain':>9}{'every':>7}{'s/update':>10}{'at 1000':>9}")
     for name, t in results.items():
         extra = (f"{every[name]:>7}{per_update[name]:>10.2f}{1 + per_update[name] / 1000 / base:>9.3f}"
                  if name in every else "")
         print(f"{name:<24}{t:>9.3f}{t / base:>9.3f}{extra}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"recipe": args.recipe, "steps": args.steps, "precision": args.precision,
-                                "hardware": hardware(), "overrides": args.set,
-                                "seconds_per_step": results, "ratio": {k: v / base for k, v in results.items()},
-                                "every": every, "extra_seconds_per_update": per_update,
-                                "probe_seconds_per_update": probed},
-                               indent=1))
     print(f"written {dest}")
 
 

@@ -7,7 +7,11 @@ against this machine's measured matmul peak.
     python benchmarks/throughput.py --preset base --precision bf16
     bash benchmarks/setup_peers.sh   # once: a venv with fairseq 0.12.2; then fairseq-train is timed too
 
-Prints a table and writes benchmarks/results/throughput-<preset>-<precision>.json.
+Prints a table and writes benchmarks/results/throughput-<preset>-<precision>.json (or --results).
+
+Where CUDA is available everything runs on the GPU (mmtc's engine goes there by itself, as in
+`mmtc run`): the batches, both plain loops and autocast, with the timings synchronised, and the
+peak is a bf16 (or fp32) 8192² matmul on the GPU; --threads then sets only the host's threads.
 
 Precision: fp32 is fp32 for everyone. bf16 is each system's own bf16 training: torch.autocast for the
 plain loops (ours and the HF peer), DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the
@@ -17,6 +21,7 @@ optimizer) for mmtc's engine, and `--bf16` for fairseq.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -34,6 +39,22 @@ from pipeline.core.hostmem import keep_freed_memory
 from pipeline.curriculum.recipe import load_recipe
 from pipeline.data.batches import BatchStream
 from pipeline.model.transformer import Seq2SeqTransformer, resolve_arch
+
+from machine import hardware  # same directory
+
+# The device mmtc's engine picks (pipeline.engine.ds_engine.setup_distributed): the GPU when there is one.
+DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that wall-clock times cover it (nothing to wait for on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def to_device(b):
+    return dataclasses.replace(b, src=b.src.to(DEVICE), tgt_in=b.tgt_in.to(DEVICE), tgt_out=b.tgt_out.to(DEVICE),
+                               direction=b.direction.to(DEVICE))
 
 
 def batches(recipe_path: str, max_tokens: int, n: int, sets: list[str]) -> tuple[list, int]:
@@ -115,12 +136,17 @@ def plain_contender(model, lossf, ctx):
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
+    if DEVICE.type == "cuda":
+        # 2048² takes microseconds on a GPU (launch-bound): a large product, synchronised.
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
+    for _ in range(3 if DEVICE.type == "cuda" else 2):
         a @ b
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -142,6 +168,9 @@ def flops_per_step(arch, vocab: int, data: list) -> float:
 
 def fairseq_row(args: argparse.Namespace, arch, data_dir: Path) -> dict | None:
     """fairseq-train on the same corpus and shape, in its own venv (benchmarks/setup_peers.sh)."""
+    if args.no_fairseq:
+        print("fairseq: --no-fairseq; skipped")
+        return None
     python = Path(args.fairseq_python)
     if not python.exists():
         print(f"fairseq: {python} not found (run benchmarks/setup_peers.sh); skipped")
@@ -157,11 +186,12 @@ def run(args: argparse.Namespace) -> dict:
     # in its own process, keeps glibc's defaults, as its users run it).
     tuned_malloc = keep_freed_memory()
     data, vocab = batches(args.recipe, args.max_tokens, args.batches, args.set)
+    data = [to_device(b) for b in data]
     arch = resolve_arch(ModelConfig(preset=args.preset, dropout=0.1))
     amp = args.precision == "bf16"
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else nullcontext
+    ctx = (lambda: torch.autocast(DEVICE.type, dtype=torch.bfloat16)) if amp else nullcontext
     torch.manual_seed(0)
-    ours, peer = Seq2SeqTransformer(arch, vocab, 0), marian(arch, vocab)
+    ours, peer = Seq2SeqTransformer(arch, vocab, 0).to(DEVICE), marian(arch, vocab).to(DEVICE)
     params = {"mmtc": sum(p.numel() for p in ours.parameters()), "hf MarianMT": sum(p.numel() for p in peer.parameters())}
     contenders = {"mmtc (plain loop)": plain_contender(ours, ours_loss, ctx),
                   "mmtc (DeepSpeed engine)": engine_contender(args, arch, vocab),
@@ -176,8 +206,10 @@ def run(args: argparse.Namespace) -> dict:
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
         took = {}
         for name, step in contenders.items():
+            sync()
             t0 = time.perf_counter()
             n = sum(step(b) for b in data)
+            sync()
             took[name] = time.perf_counter() - t0
             if r:
                 seconds[name] += took[name]
@@ -203,7 +235,8 @@ def run(args: argparse.Namespace) -> dict:
             "rows": rows, "best_peer": best, "malloc_keeps_freed_memory": tuned_malloc,
             "ratio_vs_best_peer": {k: round(v["target_tokens_per_s"] / peers[best], 3)
                                    for k, v in rows.items() if k.startswith("mmtc")},
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "device": DEVICE.type, "hardware": hardware()}
 
 
 def main() -> None:
@@ -220,16 +253,19 @@ def main() -> None:
                     help="a Python with fairseq 0.12.2 (benchmarks/setup_peers.sh makes it)")
     ap.add_argument("--fairseq-data", default="benchmarks/work/fairseq-data")
     ap.add_argument("--fairseq-updates", type=int, default=60)
+    ap.add_argument("--no-fairseq", action="store_true", help="skip the fairseq row even where its venv exists")
+    ap.add_argument("--results", default="", help="default: benchmarks/results/throughput-<preset>-<precision>.json")
     args = ap.parse_args()
     res = run(args)
-    print(f"{args.preset} {args.precision}, {args.threads} threads, {res['target_tokens_per_step']:.0f} target tokens a step, "
+    print(f"{args.preset} {args.precision} on {res['hardware']}, {args.threads} threads, "
+          f"{res['target_tokens_per_step']:.0f} target tokens a step, "
           f"matmul peak {res['matmul_peak_gflops']} GFLOP/s")
     for name, r in res["rows"].items():
         mfu = f"MFU {100 * r['mfu']:.1f}%" if "mfu" in r else "(its own batches)"
         print(f"  {name:<26}{r['target_tokens_per_s']:>10.0f} tok/s   {mfu}")
     for name, ratio in res["ratio_vs_best_peer"].items():
         print(f"  {name} / {res['best_peer']}: {ratio:.2f}")
-    dest = Path(f"benchmarks/results/throughput-{args.preset}-{args.precision}.json")
+    dest = Path(args.results or f"benchmarks/results/throughput-{args.preset}-{args.precision}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(res, indent=1))
 

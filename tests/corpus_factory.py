@@ -75,6 +75,11 @@ stages:
 """
 
 
+# The two-stage recipe's mix stage made longer, so that a warning (or a kill) sent after step k still
+# finds the run training (the Slurm and two-host tests).
+LONGER_MIX = ["--set", "stages.1.until.max_steps=30"]
+
+
 def two_stage_recipe(root: Path, manifest: Path, train: str = "", extra: str = "") -> Path:
     """hrl until a (quick) plateau on the hrl dev loss, then the mix; about 12 steps in all."""
     path = tiny_recipe(root, manifest, extra=TWO_STAGE + extra)

@@ -30,6 +30,19 @@ def zero2_run(tmp_path_factory, mmtc_env):
     return root, run_dir, proc, shm_buffers() - before
 
 
+def model_parameters(run_dir):
+    import torch
+
+    from pipeline.data.tokenizer import Tokenizer
+    from pipeline.model.transformer import build_model
+    from pipeline.rundir.layout import RunDir
+
+    run = RunDir(run_dir)
+    tok = Tokenizer(run.tokenizer)
+    with torch.device("meta"):
+        return build_model(run.load_config(), tok.vocab_size, tok.pad_id).num_parameters()
+
+
 def shm_buffers():
     return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
 
@@ -43,6 +56,18 @@ def test_two_process_zero2_training_learns_and_checkpoints(zero2_run):
     assert abs(sum(rows[-1]["p"].values()) - 1) < 1e-6
     peaks = rows[-1]["peak_host_mb"]  # every rank's own peak, gathered for the ZeRO comparisons
     assert len(peaks) == 2 and all(100 < mb < 20_000 for mb in peaks), peaks
+    # What each rank holds after the last step's backward (Engine.held_bytes), against ZeRO-2's
+    # 1/N: Adam's moments (8 bytes a parameter) and the fp32 master copy halved, up to the
+    # partitions' alignment padding and the step count; the gradients of the whole tensors each
+    # partition touches; the parameters whole on both ranks.
+    held, n = rows[-1]["held_bytes"], model_parameters(run_dir)
+    assert len(held) == 2, held
+    for h in held:
+        assert 4 * n <= h["optimizer"] <= 4 * n * 1.01 + 64, (h, n)
+        assert 2 * n <= h["fp32_master"] <= 2 * n * 1.01 + 64, (h, n)
+        assert 4 * n <= h["params"] <= 4 * n * 1.01 + 64, (h, n)
+        assert h["grads"] < 0.75 * 4 * n, (h, n)
+    assert sum(h["grads"] for h in held) >= 4 * n, (held, n)
     tags = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]
     assert [t.name for t in tags] == ["step00000040-main-final"]
     commit = json.loads((tags[0] / "COMMIT.json").read_text())

@@ -56,6 +56,9 @@ class ModelConfig:
     activation_dropout: float = 0.0
     label_smoothing: float = 0.1
     max_positions: int = 1024
+    # Recompute each layer's activations in the backward instead of keeping them (training only;
+    # the same results): one extra forward per layer for memory, for `big` models or long batches.
+    activation_checkpointing: bool = False
 
     def check(self, path: str) -> Check:
         out: Check = []

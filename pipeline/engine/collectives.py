@@ -3,6 +3,7 @@ translation and reports can use them without importing the engine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -79,3 +80,92 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+# -- a lost rank: who it was, for the message of the ranks left waiting --------------------------
+_PEERS: list[tuple[str, str]] = []  # (host name, address) of every rank, gathered at start-up
+
+
+def host_address() -> tuple[str, str]:
+    name = socket.gethostname()
+    try:
+        return name, socket.gethostbyname(name)
+    except OSError:
+        return name, "?"
+
+
+def record_peers() -> list[tuple[str, str]]:
+    """Every rank's host name and address (a collective, at start-up while all are there), kept to
+    name a rank that is lost later: gloo's errors name a peer only by its address."""
+    global _PEERS
+    me = host_address()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        _PEERS = [me]
+    else:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, me)
+        _PEERS = [tuple(x) for x in out]
+    return _PEERS
+
+
+def describe_peers() -> str:
+    """`rank 0 on host (address), ...`, from what record_peers gathered."""
+    return ", ".join(f"{r} on {h} ({a})" for r, (h, a) in enumerate(_PEERS))
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer went away or stopped answering (gloo raises a plain
+    RuntimeError from its transport; NCCL a DistBackendError)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo/transport", "Connection reset by peer", "Connection closed by peer",
+                            "Timed out waiting", "NCCL communicator was aborted")))
+
+
+def _who(rank: int) -> str:
+    host, addr = _PEERS[rank] if rank < len(_PEERS) else ("?", "?")
+    return f"rank {rank} (host {host}, {addr})"
+
+
+def _roll_call(rank: int, world: int, wait_s: float) -> list[int]:
+    """The ranks that have not checked in to the rendezvous store after `wait_s` (every survivor
+    of a failed collective checks in)."""
+    import time
+
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"mmtc/alive/{rank}", "1")
+    end = time.monotonic() + wait_s
+    while True:
+        missing = [r for r in range(world) if r != rank and not store.check([f"mmtc/alive/{r}"])]
+        if not missing or time.monotonic() > end:
+            return missing
+        time.sleep(0.2)
+
+
+def report_lost(exc: BaseException, wait_s: float = 10.0) -> str:
+    """The message of a rank whose collective failed: which ranks are lost, by a roll call in the
+    rendezvous store, or, where the store does not answer (it lives in rank 0's process), rank 0
+    and the rank at the address the error names."""
+    import re
+    import threading
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result: list[list[int]] = []
+
+    def call() -> None:
+        with contextlib.suppress(Exception):
+            result.append(_roll_call(rank, world, wait_s))
+
+    # In a thread with a deadline: a request to a hung store host blocks past the store's timeout.
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(wait_s + 5)
+    if result:
+        lost = result[0]
+    else:
+        m = re.search(r"\[([0-9a-fA-F.:]+)\]:\d+", str(exc))
+        by_addr = [r for r, (_, a) in enumerate(_PEERS) if m and a == m.group(1) and r != rank]
+        lost = sorted({0, *by_addr}) if rank != 0 else by_addr
+    names = ", ".join(_who(r) for r in lost) if lost else "no rank could be named (all checked in)"
+    return (f"{_who(rank)}: a collective failed: lost {names}. This rank stops too; resume from the last "
+            f"committed checkpoint once every rank can run again. The error: {str(exc).strip()[:400]}")

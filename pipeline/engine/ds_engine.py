@@ -6,6 +6,7 @@ ZeRO consolidation, optimizer resets included): the rest of the package stays fr
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import torch.distributed as dist  # noqa: E402
 from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
 
 from pipeline.config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
-from pipeline.engine.collectives import Dist, all_reduce_sum, free_port  # noqa: E402
+from pipeline.engine.collectives import Dist, all_reduce_sum, free_port, record_peers  # noqa: E402
 from pipeline.engine.lr_schedule import StepSchedule  # noqa: E402
 from pipeline.engine.optim import SkippableAdamW  # noqa: E402
 
@@ -47,8 +48,9 @@ def release_shm_buffer(rank: int) -> None:
         shm_buffer_path(rank).unlink()
 
 
-def setup_distributed(threads: int | None = None) -> Dist:
-    """Join (or, alone, create) the process group. Ranks come from the launcher's environment."""
+def setup_distributed(threads: int | None = None, timeout_s: int = 1800) -> Dist:
+    """Join (or, alone, create) the process group. Ranks come from the launcher's environment;
+    `timeout_s` bounds every collective's wait for a peer."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -65,9 +67,11 @@ def setup_distributed(threads: int | None = None) -> Dist:
             # free port (whose self-connection hung once in a few hundred single-process test runs,
             # in _create_c10d_store). DeepSpeed then finds the group initialised and adopts it.
             dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False,
+                                   timeout=datetime.timedelta(seconds=timeout_s))
         if not cuda and world > 1:
             release_shm_buffer(rank)
+        record_peers()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Dist(rank, world, local_rank, device)
 
@@ -285,9 +289,9 @@ class Engine:
         return client_state or {}
 
     def load_weights_only(self, tag_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Resume on another world size: ZeRO's optimizer shards cannot be re-split, so take the
-        float32 `weights` (weights.consolidated_state of the tag) and the tag's LR schedule, keep
-        the optimizer's fresh state, and return the checkpoint's client state."""
+        """Resume on another world size without the optimizer state (where `load_universal`
+        cannot): take the float32 `weights` (weights.consolidated_state of the tag) and the tag's
+        LR schedule, keep the optimizer's fresh state, and return the checkpoint's client state."""
         for name, p in self.module.named_parameters():
             value = weights[name].to(self.dist.device)
             if self.zero_stage == 0 and not hasattr(p, "_hp_mapping"):
@@ -295,10 +299,59 @@ class Engine:
                     p.copy_(value.to(p.dtype))
             else:  # the optimizer's fp32 master copy and the module's working copy
                 safe_set_full_fp32_param(p, value)
-        saved = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        # ZeRO-3 names its model-state files by rank (every one holds the client state).
+        files = [tag_dir / "mp_rank_00_model_states.pt", tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+        saved = torch.load(next((f for f in files if f.is_file()), files[0]), map_location="cpu", weights_only=False)
         if saved.get("lr_scheduler") is not None:
             self.schedule.load_state_dict(saved["lr_scheduler"])
         return saved
+
+    # -- resuming on another world size with the optimizer state (DeepSpeed's universal checkpoints) --
+    def universal_unsupported(self) -> str | None:
+        """Why this engine cannot take Adam's moments from a universal checkpoint (None: it can).
+        A ZeRO-0 checkpoint needs none (nothing is sharded: its mp_rank_00_model_states.pt holds the
+        whole optimizer state, and `load` takes it on any world size); the ZeRO-0 answer is for a
+        ZeRO-1/2/3 checkpoint resumed by a ZeRO-0 run (an allowed recipe change)."""
+        if self.zero_stage == 0:
+            return "this run is ZeRO-0, which takes no ZeRO shards (its own checkpoints hold the whole optimizer state)"
+        off = self.config.get("zero_optimization", {}).get("offload_optimizer") or {}
+        if off.get("device") == "nvme":
+            # load_checkpoint skips ZeRO's optimizer load under NVMe offload and copies each
+            # rank's swap files back instead: files of the old world's partitions.
+            return "optimizer offload to NVMe: DeepSpeed restores its swap files per rank, never from a universal one"
+        return None
+
+    def load_universal(self, universal_dir: Path) -> dict[str, Any]:
+        """Load `to_universal`'s folder: the fp32 master weights, Adam's moments and step counts,
+        re-split for this world size, and the LR schedule; returns the checkpoint's client state.
+
+        DeepSpeed takes `checkpoint.load_universal` from the config, but reads it only while
+        loading (engine.load_universal_checkpoint() returns `_config.load_universal_checkpoint`
+        at call time; initialize and the ZeRO optimizers never read it: ZeRO-1/2 and the bf16
+        optimizer give every parameter its `load_hp_checkpoint_state` unconditionally). So the flag
+        is set for this one load and put back, rather than building a second engine for a resume:
+        later loads of ordinary tags still need it off."""
+        cfg = self.ds._config
+        before = cfg.load_universal_checkpoint
+        cfg.load_universal_checkpoint = True
+        try:
+            path, client_state = self.ds.load_checkpoint(
+                str(universal_dir.parent), tag=universal_dir.name, load_optimizer_states=True,
+                load_lr_scheduler_states=True)
+        finally:
+            cfg.load_universal_checkpoint = before
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {universal_dir}")
+        # The step counts come back as the tensors the old ranks saved, wherever they lived; torch's
+        # fused Adam wants each on its parameter's device (as Optimizer.load_state_dict would put it).
+        inner: Any = self.optimizer
+        while hasattr(inner, "optimizer") and inner.optimizer is not inner:
+            inner = inner.optimizer
+        for p, state in getattr(inner, "state", {}).items():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor) and isinstance(p, torch.Tensor) and step.device != p.device:
+                state["step"] = step.to(p.device)
+        return client_state or {}
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every parameter in float32 on rank 0 (None elsewhere); a collective under ZeRO-3."""
@@ -322,9 +375,240 @@ class Engine:
     def _cpu_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
+    # -- what this rank holds (the ZeRO memory benchmark, the metrics rows) -------------------------
+    def held_bytes(self, device_type: str | None = None) -> dict[str, int]:
+        """This rank's bytes of training state, counted from the tensors it holds right now (on a
+        CPU the process's resident size mixes them with everything else, and hides allocations
+        never touched). `device_type` ("cpu", "cuda") counts only tensors there; None all.
+
+        A storage is counted once and whole (a flat buffer and all its views are one storage,
+        padding included), under the first of these keys that reaches it (storages that alias
+        the same addresses: their union), so no byte is counted twice:
+
+        - params: the module's parameters: their storages (ZeRO-0: each tensor; ZeRO-1/2: the
+          flat groups they view; ZeRO-3: the local partitions `ds_tensor`, views of one flat
+          buffer, plus the full `data` gathered now: outside a forward or backward only that of
+          the `ds_persist` parameters, those under `stage3_param_persistence_threshold`
+          elements (1e5 by default), which stay whole on every rank after their first use).
+          Not the module's buffers.
+        - fp32_master: what the inner torch optimizer steps when it is not the module's own
+          parameters (its param groups and state keys, and DeepSpeed's
+          `single_partition_of_fp32_groups` (ZeRO-1/2), `fp32_partitioned_groups_flat` (ZeRO-3),
+          `fp32_groups_flat_partition` (bf16)); 0 under ZeRO-0 in fp32.
+        - optimizer: every tensor in the inner torch optimizer's `state`: Adam's exp_avg and
+          exp_avg_sq and its `step` counts (a scalar per stepped tensor); none before the first step.
+        - buckets: tensors DeepSpeed's objects hold under an attribute path naming buckets (`ipg`,
+          `bucket`): gradient-reduction buffers sized by `reduce_bucket_size`, not by the model
+          (ZeRO-3 allocates 5e8 elements at start-up; on a CPU they stay mostly untouched).
+        - grads: the `.grad` (and DeepSpeed's `.grad_accum`) of the parameters, their partitions
+          and the master tensors, and the tensors of DeepSpeed's objects under an attribute path
+          naming gradients (`grad`, not `norm`): ZeRO-0's `p.grad`; ZeRO-1/2's
+          `averaged_gradients` (views of the gradients of the parameters in the rank's
+          partition, whole tensors, so a little over 1/N), `grads_in_partition`; ZeRO-3's
+          `grad_partitions_flat_buffer` (which `__param_id_to_grad_partition` views), kept
+          between steps, and with optimizer offload also the fp32 partition's `.grad` buffer.
+        - other: every other tensor reachable from DeepSpeed's engine and optimizer objects.
+
+        When matters. The trainer measures right after the backward that ends a step's gradient
+        accumulation, before the optimizer step: the step's reduced gradients, the optimizer
+        state of the steps before and the parameters are all there. By then DeepSpeed's ZeRO-1,
+        like ZeRO-2, has reduced the gradients and dropped those of the parameters outside the
+        rank's partition (they were whole during the backward, and stay whole between the
+        micro-batches of an accumulation, where ZeRO-2 reduces each one). During the step
+        ZeRO-1/2 swap the gradients for a flat fp32 copy of the partition's; after it ZeRO-0/1/2
+        hold none, ZeRO-3 keeps its partition buffer."""
+        wrapper: Any = self.optimizer
+        inner = _inner_torch_optimizer(wrapper)
+        params = list(self.module.parameters())
+        own = {id(p) for p in params}
+        masters = [q for name in _MASTER_ATTRS for q in getattr(wrapper, name, None) or ()]
+        if inner is not None:
+            masters += [q for g in inner.param_groups for q in g["params"]]
+            masters += [q for q in inner.state if isinstance(q, torch.Tensor)]
+        masters = [q for q in masters if id(q) not in own]
+        tally = _HeldTally(device_type)
+        for p in params:
+            for t in (p, getattr(p, "ds_tensor", None), getattr(p, "ds_secondary_tensor", None)):
+                tally.add("params", t)
+        for q in masters:
+            tally.add("fp32_master", q)
+        for state in ({} if inner is None else inner.state).values():
+            for v in state.values():
+                tally.add("optimizer", v)
+        skip = {id(self.module), *own, *(() if inner is None else (id(inner),))}
+        found = _deepspeed_tensors(self.ds, skip)
+        for path, t in found:
+            if any(w in path.lower() for w in _BUCKET_WORDS):
+                tally.add("buckets", t)
+        for t in (*params, *(getattr(p, "ds_tensor", None) for p in params), *masters):
+            tally.add("grads", _leaf_grad(t))
+        for p in params:
+            tally.add("grads", getattr(p, "grad_accum", None))
+        for path, t in found:
+            named = path.lower()  # a gradient buffer, not a gradient norm
+            tally.add("grads" if "grad" in named and "norm" not in named else "other", t)
+            tally.add("grads", _leaf_grad(t))
+        return tally.totals()
+
 
 def zero_consolidated(tag_dir: Path) -> dict[str, torch.Tensor]:
     """Float32 weights gathered from the ZeRO shards of a tag (DeepSpeed's zero_to_fp32)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+
+
+UNIVERSAL = "universal"  # a committed tag's universal checkpoint: <tag>/universal/
+
+
+def to_universal(tag_dir: Path) -> Path:
+    """DeepSpeed's universal checkpoint of a committed ZeRO-1/2/3 tag (ds_to_universal: each
+    parameter's fp32 weight, exp_avg and exp_avg_sq whole, in zero/<name>/, no world size left in
+    them), made once and returned: `<tag>/universal`. In this process, on the caller's rank alone
+    (the others wait for it: ds_to_universal reads every rank's shard).
+
+    Inside the tag, so it goes when the tag is pruned; discovery and verification read only the
+    files COMMIT.json lists, so it is neither a tag nor a damaged file to them. It is written under
+    `<tag>/.universal.tmp/` and renamed into place complete (ds_to_universal also drops a
+    `latest_universal` pointer beside its output: in the temporary folder, gone with it). A
+    leftover temporary folder is removed first: DeepSpeedCheckpoint walks the tag recursively, and
+    a half-written copy of mp_rank_00_model_states.pt in it would read as a second model rank."""
+    import argparse
+    import io
+    import shutil
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = tag_dir / UNIVERSAL
+    if out.is_dir():  # complete: it only ever appears by the rename below
+        return out
+    work = tag_dir / ".universal.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    args = argparse.Namespace(
+        input_folder=str(tag_dir), output_folder=str(work / UNIVERSAL),
+        # In-process and serial: no process pool forked from a rank holding a process group.
+        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+        # Our model records no UNIVERSAL_CHECKPOINT_INFO (there is no tensor parallelism to undo):
+        # the converter then wants the minimal one injected.
+        inject_missing_state=True)
+    log = io.StringIO()
+    try:
+        # Its progress lines and bars would interleave with the trainer's output.
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            ds_to_universal.main(args)
+        os.replace(work / UNIVERSAL, out)
+    except Exception as exc:
+        last = [x for x in log.getvalue().splitlines() if x.strip()][-1:]
+        raise RuntimeError(f"ds_to_universal failed on {tag_dir.name}: {type(exc).__name__}: {exc}"
+                           + (f" (after: {last[0].strip()[:200]})" if last else "")) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# -- counting what a rank holds (Engine.held_bytes) ---------------------------------------------------
+HELD_KEYS = ("params", "fp32_master", "optimizer", "buckets", "grads", "other")  # the order storages are claimed in
+_MASTER_ATTRS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups_flat_partition")
+_BUCKET_WORDS = ("ipg", "bucket")  # attribute paths of ZeRO's gradient-reduction buffers
+
+
+def _inner_torch_optimizer(opt: Any) -> torch.optim.Optimizer | None:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16): the one holding Adam's state."""
+    inner, hops = opt, 0
+    while not isinstance(inner, torch.optim.Optimizer) and getattr(inner, "optimizer", None) not in (None, inner):
+        inner, hops = inner.optimizer, hops + 1
+        if hops > 8:
+            break
+    return inner if isinstance(inner, torch.optim.Optimizer) else None
+
+
+def _leaf_grad(t: Any) -> torch.Tensor | None:
+    """`t.grad` without torch's warning for non-leaf tensors (which hold none)."""
+    return t.grad if isinstance(t, torch.Tensor) and t.is_leaf else None
+
+
+def _deepspeed_tensors(root: Any, skip: set[int], depth: int = 6) -> list[tuple[str, torch.Tensor]]:
+    """(attribute path, tensor) for every tensor reachable from `root` through DeepSpeed's own
+    objects (the engine, a torch module, included), dicts, lists and tuples; not through other
+    objects (the user's module, torch optimizers) nor the ids in `skip`."""
+    out: list[tuple[str, torch.Tensor]] = []
+    seen = set(skip)
+
+    def walk(obj: Any, path: str, left: int) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            out.append((path, obj))
+            return
+        if left == 0 or isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+            return
+        if isinstance(obj, dict):
+            for k, v in list(obj.items()):
+                walk(k, f"{path}[key]", left - 1)
+                walk(v, f"{path}[{k if isinstance(k, (str, int)) else '.'}]", left - 1)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            for i, v in enumerate(list(obj)):
+                walk(v, f"{path}[{i}]", left - 1)
+        elif type(obj).__module__.startswith("deepspeed") and hasattr(obj, "__dict__"):
+            for k, v in list(vars(obj).items()):
+                walk(v, f"{path}.{k}", left - 1)
+
+    walk(root, "engine", depth)
+    return out
+
+
+class _HeldTally:
+    """Bytes per key of the storages seen, each address range counted once, for the first key
+    that claimed it (callers add keys in HELD_KEYS order)."""
+
+    def __init__(self, device_type: str | None) -> None:
+        self.device_type = device_type
+        self.ranges: dict[str, list[tuple[int, int, str]]] = {}  # device -> (start, end, key)
+
+    def add(self, key: str, t: Any) -> None:
+        if not isinstance(t, torch.Tensor) or t.is_meta or t.layout != torch.strided:
+            return
+        if self.device_type is not None and t.device.type != self.device_type:
+            return
+        storage = t.untyped_storage()
+        start, n = storage.data_ptr(), storage.nbytes()
+        if n > 0:
+            self.ranges.setdefault(str(t.device), []).append((start, start + n, key))
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(HELD_KEYS, 0)
+        for ranges in self.ranges.values():
+            claimed: list[tuple[int, int]] = []  # disjoint, sorted by start
+            for key in HELD_KEYS:
+                mine = _union([(a, b) for a, b, k in ranges if k == key])
+                out[key] += _length(mine) - _length(_intersect(mine, claimed))
+                claimed = _union(claimed + mine)
+        return out
+
+
+def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _intersect(x: list[tuple[int, int]], y: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, i, j = [], 0, 0
+    while i < len(x) and j < len(y):
+        a, b = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
+        if a < b:
+            out.append((a, b))
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _length(ranges: list[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in ranges)

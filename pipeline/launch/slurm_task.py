@@ -148,19 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     if main_rank:
         print(f"mmtc: rank 0 of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:"
               f"{os.environ['MASTER_PORT']}; {'resuming' if resume else 'starting'} {args.run_dir}", flush=True)
-    from pipeline.launch.worker import train_main
+    from pipeline.launch.worker import leave, train_main
     from pipeline.rundir.lock import hold
 
     allow = frozenset(x for x in args.allow_change.split(",") if x)
-    from pipeline.engine.collectives import shutdown
-
     if not main_rank:  # rank 0 holds the run's writer lock for all the ranks of the job
         code = train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
     else:
         with hold(args.run_dir):
             code = train_main(args.run_dir, resume=resume, allow=allow, until_stage=args.until_stage)
-    shutdown()
-    return code
+    leave(code)
+    return code  # not reached
 
 
 if __name__ == "__main__":

@@ -7,10 +7,18 @@ import os
 import sys
 from collections.abc import Callable
 
+from pipeline.config import RecipeConfig
 from pipeline.core import preemption
 from pipeline.core.hostmem import keep_freed_memory
 from pipeline.data.prepare import PreparedCorpus, load_corpus, open_recorded, record_corpus
-from pipeline.engine.collectives import barrier, shutdown
+from pipeline.engine.collectives import (
+    Dist,
+    barrier,
+    describe_peers,
+    is_collective_failure,
+    report_lost,
+    shutdown,
+)
 from pipeline.engine.ds_engine import setup_distributed
 from pipeline.evaluation.evaluate import format_table
 from pipeline.report.stage_end import StageEndReport
@@ -19,6 +27,7 @@ from pipeline.train.tensorboard import TensorBoardLog
 from pipeline.train.trainer import Trainer, TrainingStopped
 
 EXIT_UNSAVED = 4  # training ended but its final checkpoint did not commit
+EXIT_LOST_RANK = 5  # a collective failed: another rank died or stopped answering
 
 
 def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None = None,
@@ -27,7 +36,19 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
     `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
     run = RunDir(run_dir)
     recipe = run.load_config()
-    dist = setup_distributed(recipe.train.threads)
+    dist = setup_distributed(recipe.train.threads, recipe.train.collective_timeout_s)
+    try:
+        return _train(run, recipe, dist, resume, corpus, allow, until_stage)
+    except Exception as exc:
+        if dist.world == 1 or not is_collective_failure(exc):
+            raise
+        # A peer died or hangs: say which, rather than a gloo traceback on every survivor.
+        print(f"mmtc: {report_lost(exc)}", file=sys.stderr, flush=True)
+        return EXIT_LOST_RANK
+
+
+def _train(run: RunDir, recipe: RecipeConfig, dist: Dist, resume: bool, corpus: PreparedCorpus | None,
+           allow: frozenset[str], until_stage: str | None) -> int:
     if corpus is None:
         quiet: Callable[[str], None] = lambda _msg: None  # noqa: E731
         # Rank 0 checks the files (a requeued job may find them changed) and prepares what is not
@@ -43,6 +64,8 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
     # reading and tokenising resident for the whole run.
     keep_freed_memory()
     preemption.install()
+    if dist.is_main and dist.world > 1:
+        print(f"mmtc: ranks {describe_peers()}", flush=True)
     if dist.is_main and not resume:
         for warning in recipe.budget_warnings():
             print(f"warning: {warning}", flush=True)
@@ -108,6 +131,16 @@ def main() -> None:
     args = ap.parse_args()
     allow = frozenset(x for x in args.allow_change.split(",") if x)
     code = train_main(args.run_dir, args.resume, allow=allow, until_stage=args.until_stage)
+    leave(code)
+
+
+def leave(code: int) -> None:
+    """Exit with `code`, leaving the process group the normal way, except after a lost rank: its
+    barrier would wait for the lost peer, and a broken group can hang the interpreter's teardown."""
+    if code == EXIT_LOST_RANK:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     shutdown()
     sys.exit(code)
 

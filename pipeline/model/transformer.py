@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.config import ModelArch, RecipeConfig, resolve_arch
 from pipeline.model.layers import DecoderLayer, EncoderLayer, Packing, dropout, xavier_blocks
@@ -54,11 +55,13 @@ def sinusoids(length: int, dim: int) -> Tensor:
 
 
 class Seq2SeqTransformer(nn.Module):
-    def __init__(self, arch: ModelArch, vocab_size: int, pad_id: int) -> None:
+    def __init__(self, arch: ModelArch, vocab_size: int, pad_id: int,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if arch.d_model % arch.heads:
             raise ValueError(f"d_model {arch.d_model} is not divisible by {arch.heads} heads")
         self.arch, self.vocab_size, self.pad_id = arch, vocab_size, pad_id
+        self.activation_checkpointing = activation_checkpointing
         d = arch.d_model
         self.embed = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         nn.init.normal_(self.embed.weight, 0.0, d**-0.5)
@@ -89,6 +92,16 @@ class Seq2SeqTransformer(nn.Module):
         pos = self.positions.index_select(0, packing.positions()).to(e.dtype)
         return dropout(torch.add(pos, e, alpha=self.scale), self.arch.dropout, self.training)
 
+    def _layer(self, layer: nn.Module, *args: object) -> Tensor:
+        """One encoder or decoder layer of the training forward. With activation checkpointing its
+        activations are not kept but recomputed in the backward: one extra forward per layer for
+        not holding every layer's intermediates at once (`big` models, long batches). The RNG state
+        is restored for the recomputation, so its dropout masks, and the gradients, are the same.
+        Eval mode and no-grad forwards (decoding, scoring) run the layer as it is."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False, preserve_rng_state=True)
+        return layer(*args)
+
     def _cross_kv(self, enc: EncoderOut) -> Tensor:
         b, s, _ = enc.memory.shape
         if enc.packed is not None and enc.packing is not None:
@@ -103,7 +116,7 @@ class Seq2SeqTransformer(nn.Module):
         packing = Packing(src, self.pad_id)
         x = self._embed(src, packing)
         for layer in self.encoder:
-            x = layer(x, packing, keep)
+            x = self._layer(layer, x, packing, keep)
         x = self.enc_norm(x)
         return EncoderOut(packing.pad(x), pad, x, packing)
 
@@ -114,7 +127,7 @@ class Seq2SeqTransformer(nn.Module):
         keep = ~enc.src_pad_mask[:, None, None, :]
         x = self._embed(tgt_in, packing)
         for layer, ckv in zip(self.decoder, ckvs):
-            x = layer(x, packing, ckv, keep)
+            x = self._layer(layer, x, packing, ckv, keep)
         return self.dec_norm(x)
 
     def decoder_hidden(self, enc: EncoderOut, tgt_in: Tensor) -> Tensor:
@@ -210,4 +223,5 @@ class Seq2SeqTransformer(nn.Module):
 
 
 def build_model(recipe: RecipeConfig, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
-    return Seq2SeqTransformer(resolve_arch(recipe.model), vocab_size, pad_id)
+    return Seq2SeqTransformer(resolve_arch(recipe.model), vocab_size, pad_id,
+                              activation_checkpointing=recipe.model.activation_checkpointing)

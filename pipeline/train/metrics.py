@@ -45,9 +45,12 @@ class LossSums:
 
 def log_row(*, step: int, stage_step: int, tokens_total: int, skipped: int, names: list[str], stage: StageRuntime, acc: torch.Tensor,
             memory: torch.Tensor, dist: Dist, lr: float, grad_norm: float | None, elapsed: float, steps: int,
-            probe_s: float | None, teacher_steps: np.ndarray | None = None) -> dict[str, Any]:
+            probe_s: float | None, teacher_steps: np.ndarray | None = None,
+            held: list[dict[str, int]] | None = None) -> dict[str, Any]:
     """One metrics.jsonl row: `acc` the loss sums over ranks since the last row, `memory` every
-    rank's [peak host, peak GPU, host] MB, `elapsed` the training seconds of its `steps` steps."""
+    rank's [peak host, peak GPU, host] MB, `elapsed` the training seconds of its `steps` steps,
+    `held` every rank's `Engine.held_bytes` before this step's optimizer step (None: not measured,
+    a row at a stage end between log steps)."""
     assert stage.stream.p is not None
     tokens = acc[TOKENS]
     tot = float(tokens.sum())
@@ -66,6 +69,7 @@ def log_row(*, step: int, stage_step: int, tokens_total: int, skipped: int, name
         "peak_host_mb": [round(float(x), 1) for x in memory[:, 0]],
         "host_mb": [round(float(x), 1) for x in memory[:, 2]],
         **({"peak_gpu_mb": [round(float(x), 1) for x in memory[:, 1]]} if dist.device.type == "cuda" else {}),
+        **({"held_bytes": held} if held is not None else {}),
         "directions": {
             n: {"loss": float(acc[0, i] / tokens[i]), "nll": float(acc[1, i] / tokens[i]), "tokens": int(tokens[i])}
             for i, n in enumerate(names) if tokens[i] > 0

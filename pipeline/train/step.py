@@ -9,6 +9,8 @@ every rank the global sums, whether any loss was non-finite, and whether any ran
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -18,6 +20,7 @@ from pipeline.core import faults
 from pipeline.data.batches import StepBatches
 from pipeline.distill.lssd import EXCESS, ROWS, TOKENS, accumulate, token_losses
 from pipeline.engine.collectives import Dist, all_reduce_sum, peak_memory_mb
+from pipeline.engine.ds_engine import HELD_KEYS
 from pipeline.gradients.host import StepHost
 from pipeline.train.stage_setup import StageRuntime
 
@@ -47,15 +50,28 @@ def gather_memory(dist: Dist) -> torch.Tensor:
     return all_reduce_sum(memory)
 
 
+def gather_held(dist: Dist, held: dict[str, int] | None) -> list[dict[str, int]] | None:
+    """Every rank's `Engine.held_bytes` (keys: `HELD_KEYS`), or None when some rank has none (a
+    log row that was not due before its step). Bytes stay exact in float64 below 2**53."""
+    table = torch.zeros(dist.world, len(HELD_KEYS) + 1, dtype=torch.float64)
+    if held is not None:
+        table[dist.rank] = torch.tensor([1.0, *(float(held[k]) for k in HELD_KEYS)], dtype=torch.float64)
+    table = all_reduce_sum(table)
+    if not bool((table[:, 0] == 1).all()):
+        return None
+    return [{k: int(v) for k, v in zip(HELD_KEYS, row[1:].tolist())} for row in table]
+
+
 def per_direction(stats: torch.Tensor, n_dirs: int, stage_ids: np.ndarray) -> np.ndarray:
     """The step's sums (rows: `lssd.ROWS`) × the stage's directions, from `reduce_stats`."""
     return stats.reshape(ROWS, n_dirs).numpy()[:, stage_ids]
 
 
 def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: torch.Tensor,
-               step_acc: torch.Tensor) -> torch.Tensor:
+               step_acc: torch.Tensor, before_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Forward and backward every micro-batch of this rank, then the optimizer step; returns the
-    step's stats summed over ranks (see `reduce_stats`). Fills `step_acc` with this rank's sums."""
+    step's stats summed over ranks (see `reduce_stats`). Fills `step_acc` with this rank's sums.
+    `before_step` is called between the last backward and the optimizer step (a measurement)."""
     engine, dev, step = host.engine, host.dist.device, host.counters.step
     stats = torch.zeros(0)
     active = stage.distill.method == "lssd" and host.counters.stage_step >= stage.distill.start_after
@@ -88,5 +104,7 @@ def plain_step(host: StepHost, stage: StageRuntime, sb: StepBatches, scales: tor
                 stage.policy.observe_excess(host.counters.stage_step + 1, pd[EXCESS], pd[TOKENS])  # type: ignore[attr-defined]
                 scales = token_scales(host, stage, sb).to(dev)
         engine.backward((seq_loss * scales[d.to(dev)]).sum())
+        if before_step is not None and i == len(sb.micro) - 1:
+            before_step()
         engine.step()
     return stats

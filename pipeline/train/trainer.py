@@ -41,7 +41,7 @@ from pipeline.train.devloss import DevLoss
 from pipeline.train.metrics import LossSums, log_row
 from pipeline.train.progress import Progress
 from pipeline.train.stage_setup import StageRuntime, open_stage
-from pipeline.train.step import gather_memory, per_direction, plain_step, token_scales
+from pipeline.train.step import gather_held, gather_memory, per_direction, plain_step, token_scales
 from pipeline.train.tensorboard import TensorBoardLog
 
 
@@ -68,6 +68,7 @@ class Trainer:
             self.teachers = TeacherBank(self.names, runner, cfg, dist.device)
         self.sums = LossSums(len(self.names))
         self._probe_s = 0.0  # seconds in the gradient probe since the last log row
+        self._held: dict[str, int] | None = None  # Engine.held_bytes before a log step's optimizer step
         self.meter = Progress(recipe.train.max_steps, dist.is_main)
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
@@ -116,17 +117,25 @@ class Trainer:
         faults.signal_if(self.counters.step + 1, self.dist.rank, self.dist.world)
         every = self.recipe.train.grad_similarity_every
         diagnose = bool(every) and (self.counters.step + 1) % every == 0
+        # What each rank holds is measured on log steps only, where this step's gradients exist.
+        self._held = None
+        measure = self._measure_held if (self.counters.step + 1) % self.recipe.train.log_every == 0 else None
         if st.task_step is not None and (st.task_step.cfg.method != "none" or diagnose):
             stats, cosines = st.task_step.run(sb, scales, step_acc)
             if not bool(torch.isfinite(stats.sum())):
                 self.engine.skip_next_step()
             self.engine.set_boundary(True)
+            if measure is not None:
+                measure()
             self.engine.step()
             if diagnose and self.dist.is_main:
                 self.run.append(self.run.metrics, {"step": self.counters.step + 1, "grad_cosine": asdict(cosines)})
         else:
-            stats = plain_step(self, st, sb, scales, step_acc)
+            stats = plain_step(self, st, sb, scales, step_acc, before_step=measure)
         return self._after_step(st, sb, step_acc, stats)
+
+    def _measure_held(self) -> None:
+        self._held = self.engine.held_bytes()
 
     def reduce_stats(self, step_acc: torch.Tensor) -> torch.Tensor:
         """The step's [label-smoothed loss, nll, tokens, excess] per direction summed over ranks, flat;
@@ -170,6 +179,7 @@ class Trainer:
     def log(self) -> None:
         acc = all_reduce_sum(self.sums.take_log())
         memory = gather_memory(self.dist)
+        held = gather_held(self.dist, self._held)
         probe_s, self._probe_s = self._probe_s, 0.0
         if not self.dist.is_main:
             return
@@ -177,7 +187,7 @@ class Trainer:
         elapsed, steps = self.meter.lap(self.counters.step)
         record = log_row(step=self.counters.step, stage_step=self.counters.stage_step, tokens_total=self.counters.tokens,
                          skipped=self.counters.skipped_steps, names=self.names, stage=st, acc=acc, memory=memory,
-                         dist=self.dist, lr=self.engine.lr(), grad_norm=self.engine.grad_norm(), elapsed=elapsed,
+                         held=held, dist=self.dist, lr=self.engine.lr(), grad_norm=self.engine.grad_norm(), elapsed=elapsed,
                          steps=steps, probe_s=probe_s if st.probe is not None else None,
                          teacher_steps=self.teachers.teacher_step if self.teachers is not None else None)
         self.run.append(self.run.metrics, record)

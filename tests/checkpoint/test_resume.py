@@ -13,10 +13,10 @@ import torch
 from pipeline.checkpoint.average import average_run
 
 from corpus_factory import two_stage_recipe, write_corpus
+from run_checks import final_tag, metric_rows, zero_tensors
 
 pytestmark = pytest.mark.slow
 
-COMPARED = ("step", "stage", "lr", "loss", "nll", "grad_norm", "directions", "p", "dev_loss", "train_nll")
 
 
 def mmtc(args, env, cwd, fault=None, check=True):
@@ -38,15 +38,6 @@ def tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
         for k, v in s.items():
             out[f"optim.{pid}.{k}"] = torch.as_tensor(v)
     return out
-
-
-def metric_rows(run: Path, from_step: int) -> list[dict]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: r[k] for k in COMPARED if k in r} for r in rows if r["step"] >= from_step]
-
-
-def final_tag(run: Path) -> Path:
-    return run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -147,32 +138,6 @@ def test_resume_refuses_a_changed_recipe_and_from_stage_keeps_the_old_attempt(se
     assert (archive / "metrics.jsonl").is_file() and (archive / "events.jsonl").is_file()
     assert final_tag(run).name == f"step{t + 3:08d}-mix-final"
     assert os.path.exists(run / "eval" / final_tag(run).name / "test.json")
-
-
-def all_tensors(obj, prefix=""):
-    """Every tensor in a nested checkpoint structure, by path."""
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj}
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(all_tensors(v, f"{prefix}.{k}"))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(all_tensors(v, f"{prefix}[{i}]"))
-    return out
-
-
-def zero_tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(tag_dir.glob("*.pt")):
-        if f.name.startswith("rank_state"):
-            continue
-        state = torch.load(f, map_location="cpu", weights_only=False)
-        if isinstance(state, dict):
-            state = {k: v for k, v in state.items() if k not in ("ds_config", "ds_version", "recipe")}
-        out.update(all_tensors(state, f.name))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,22 +8,18 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from test_resume import final_tag, metric_rows, zero_tensors
 
-from corpus_factory import two_stage_recipe, write_corpus
+from corpus_factory import LONGER_MIX as SETS
+from run_checks import assert_equals_uninterrupted, last_step, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CANT_INSTALL = 3  # local-cluster.sh: no root (or no apt) to install and run Slurm
-# A longer mix stage, so that a warning sent after step k still finds the job training.
-SETS = ["--set", "stages.1.until.max_steps=30"]
 JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "--time", "15:00"]
 
 
@@ -72,25 +68,6 @@ def job_info(job: str, env: dict[str, str]) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def wait_for(what: str, check, timeout: float, poll: float = 0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def last_step(run_dir: Path) -> tuple[int, str]:
-    try:
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    except (OSError, json.JSONDecodeError):
-        return 0, ""  # not there yet, or a line half written
-    rows = [r for r in rows if "loss" in r]
-    return (rows[-1]["step"], rows[-1]["stage"]) if rows else (0, "")
-
-
 def wait_finished(job: str, env: dict[str, str], run_dir: Path, timeout: float = 180) -> dict[str, str]:
     def done():
         info = job_info(job, env)
@@ -122,15 +99,6 @@ def events(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-def assert_equals_uninterrupted(run_dir: Path, ref: Path) -> None:
-    a, b = zero_tensors(final_tag(ref)), zero_tensors(final_tag(run_dir))
-    assert a.keys() == b.keys() and a
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs from the uninterrupted run"
-    assert metric_rows(run_dir, 0) == metric_rows(ref, 0)
-    assert (run_dir / "eval" / final_tag(run_dir).name / "test.json").is_file()
-
-
 def preempted_tag(log: str) -> str:
     """The checkpoint the warned job saved, from the trainer's own line in the job log."""
     m = re.search(r"preempted: saved at step (\d+)", log)
@@ -147,14 +115,8 @@ def assert_preempted_event(ev: list[dict], tag: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, cluster):
-    root = tmp_path_factory.mktemp("slurm-runs")
-    recipe = two_stage_recipe(root, write_corpus(root))
-    ref = root / "ref"
-    run([sys.executable, "-m", "pipeline", "run", str(recipe), "--run-dir", str(ref), "--nproc", "2", *SETS],
-        cluster, root, timeout=600)
-    switch = next(e["step"] for e in events(ref) if e["event"] == "stage_end" and e["stage"] == "hrl")
-    return root, recipe, ref, switch
+def setup(two_rank_ref, cluster):
+    return two_rank_ref
 
 
 def test_warned_job_saves_requeues_resumes_and_equals_the_uninterrupted_run(setup, cluster):

@@ -1,0 +1,75 @@
+"""What the exact-resume, Slurm and two-host tests compare: a run's metric rows, its final tag's
+tensors, and the waiting on a run that trains in another process."""
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+COMPARED = ("step", "stage", "lr", "loss", "nll", "grad_norm", "directions", "p", "dev_loss", "train_nll")
+
+
+def metric_rows(run: Path, from_step: int) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in COMPARED if k in r} for r in rows if r["step"] >= from_step]
+
+
+def final_tag(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+
+
+def all_tensors(obj, prefix=""):
+    """Every tensor in a nested checkpoint structure, by path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(all_tensors(v, f"{prefix}.{k}"))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(all_tensors(v, f"{prefix}[{i}]"))
+    return out
+
+
+def zero_tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(tag_dir.glob("*.pt")):
+        if f.name.startswith("rank_state"):
+            continue
+        state = torch.load(f, map_location="cpu", weights_only=False)
+        if isinstance(state, dict):
+            state = {k: v for k, v in state.items() if k not in ("ds_config", "ds_version", "recipe")}
+        out.update(all_tensors(state, f.name))
+    return out
+
+
+def assert_equals_uninterrupted(run_dir: Path, ref: Path) -> None:
+    """Final parameters and optimizer state equal bit for bit, the same metric rows, a test report."""
+    a, b = zero_tensors(final_tag(ref)), zero_tensors(final_tag(run_dir))
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs from the uninterrupted run"
+    assert metric_rows(run_dir, 0) == metric_rows(ref, 0)
+    assert (run_dir / "eval" / final_tag(run_dir).name / "test.json").is_file()
+
+
+def wait_for(what: str, check, timeout: float, poll: float = 0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def last_step(run_dir: Path) -> tuple[int, str]:
+    """The last logged training step and its stage (0, "" before the first)."""
+    try:
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, json.JSONDecodeError):
+        return 0, ""  # not there yet, or a line half written
+    rows = [r for r in rows if "loss" in r]
+    return (rows[-1]["step"], rows[-1]["stage"]) if rows else (0, "")
