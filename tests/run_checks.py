@@ -1,8 +1,11 @@
 """What the exact-resume, Slurm and two-host tests compare: a run's metric rows, its final tag's
-tensors, and the waiting on a run that trains in another process."""
+tensors, and the waiting on a run that trains in another process (or a Slurm job)."""
 
 import json
+import re
+import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -73,3 +76,47 @@ def last_step(run_dir: Path) -> tuple[int, str]:
         return 0, ""  # not there yet, or a line half written
     rows = [r for r in rows if "loss" in r]
     return (rows[-1]["step"], rows[-1]["stage"]) if rows else (0, "")
+
+
+Wrap = Callable[[Sequence[str]], list[str]]  # a client command, made to run where slurmctld is reachable
+
+
+def job_info(job: str, env: dict[str, str], wrap: Wrap = list) -> dict[str, str]:
+    out = subprocess.run(wrap(["scontrol", "show", "job", "-o", job]), env=env, capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def job_log(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((run_dir / "slurm").glob("*.out")))
+
+
+def wait_finished(job: str, env: dict[str, str], run_dir: Path, timeout: float = 180,
+                  wrap: Wrap = list) -> dict[str, str]:
+    def done():
+        info = job_info(job, env, wrap)
+        return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
+    try:
+        info = wait_for(f"job {job} to finish", done, timeout, poll=1.0)
+    except AssertionError:
+        raise AssertionError(f"{job_info(job, env, wrap)}\n{job_log(run_dir)}") from None
+    assert info["JobState"] == "COMPLETED", f"{info}\n{job_log(run_dir)}"
+    return info
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def preempted_tag(log: str) -> str:
+    """The checkpoint the warned job saved, from the trainer's own line in the job log."""
+    m = re.search(r"preempted: saved at step (\d+)", log)
+    assert m, f"the job was not preempted (did the warning arrive after the run ended?):\n{log}"
+    tags = re.findall(r"resume: from (step0*" + m.group(1) + r"-\S+)", log)
+    assert tags, log
+    return tags[-1]
+
+
+def assert_preempted_event(ev: list[dict], tag: str) -> None:
+    pre = [e for e in ev if e["event"] == "preempted"]
+    assert [(e["signal"], e["checkpoint"]) for e in pre] == [("SIGUSR1", tag)], \
+        f"events.jsonl should keep the preemption (it was saved as {tag}): {ev}"

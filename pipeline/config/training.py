@@ -128,13 +128,10 @@ class TrainConfig:
     keep_best: KeepBestConfig = field(default_factory=KeepBestConfig)
     threads: int | None = None  # torch threads per process (default: cores / processes)
     chunk_steps: int = 32  # data order is regenerated per chunk of steps, see pipeline/data/batches.py
-    # How long a rank waits in a collective for a peer (torch's default, 30 min): a lost rank whose
-    # socket stays open (a hung process, a host cut off) is reported after this, not never.
-    collective_timeout_s: int = 1800
 
     def check(self, path: str) -> Check:
         out: Check = []
-        positive = ("max_steps", "max_tokens", "grad_accum", "log_every", "chunk_steps", "keep_last", "collective_timeout_s",
+        positive = ("max_steps", "max_tokens", "grad_accum", "log_every", "chunk_steps", "keep_last",
                     "max_bad_steps")
         for name in positive:
             if getattr(self, name) < 1:

@@ -166,6 +166,7 @@ def report_lost(exc: BaseException, wait_s: float = 10.0) -> str:
         m = re.search(r"\[([0-9a-fA-F.:]+)\]:\d+", str(exc))
         by_addr = [r for r, (_, a) in enumerate(_PEERS) if m and a == m.group(1) and r != rank]
         lost = sorted({0, *by_addr}) if rank != 0 else by_addr
-    names = ", ".join(_who(r) for r in lost) if lost else "no rank could be named (all checked in)"
+    names = (", ".join(_who(r) for r in lost) if lost else
+             "no rank: all checked in, so a peer gave up first (its own timeout, or an error it reported)")
     return (f"{_who(rank)}: a collective failed: lost {names}. This rank stops too; resume from the last "
             f"committed checkpoint once every rank can run again. The error: {str(exc).strip()[:400]}")

@@ -48,9 +48,24 @@ def release_shm_buffer(rank: int) -> None:
         shm_buffer_path(rank).unlink()
 
 
-def setup_distributed(threads: int | None = None, timeout_s: int = 1800) -> Dist:
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective for a peer: MMTC_COLLECTIVE_TIMEOUT seconds (default
+    1800, torch's). A lost rank whose socket stays open (a hung process, a host cut off) is then
+    reported after this rather than never. An environment setting, not a recipe key: it changes
+    no result, so a resume with another value is no change of recipe."""
+    raw = os.environ.get("MMTC_COLLECTIVE_TIMEOUT", "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ValueError(f"MMTC_COLLECTIVE_TIMEOUT={raw!r}: expected a number of seconds > 0")
+    return datetime.timedelta(seconds=seconds)
+
+
+def setup_distributed(threads: int | None = None) -> Dist:
     """Join (or, alone, create) the process group. Ranks come from the launcher's environment;
-    `timeout_s` bounds every collective's wait for a peer."""
+    collective_timeout() bounds every collective's wait for a peer."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -68,7 +83,7 @@ def setup_distributed(threads: int | None = None, timeout_s: int = 1800) -> Dist
             # in _create_c10d_store). DeepSpeed then finds the group initialised and adopts it.
             dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False,
-                                   timeout=datetime.timedelta(seconds=timeout_s))
+                                   timeout=collective_timeout())
         if not cuda and world > 1:
             release_shm_buffer(rank)
         record_peers()

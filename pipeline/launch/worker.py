@@ -14,6 +14,7 @@ from pipeline.data.prepare import PreparedCorpus, load_corpus, open_recorded, re
 from pipeline.engine.collectives import (
     Dist,
     barrier,
+    broadcast_object,
     describe_peers,
     is_collective_failure,
     report_lost,
@@ -36,7 +37,7 @@ def train_main(run_dir: str, resume: bool = False, corpus: PreparedCorpus | None
     `until_stage` stops after that stage (the final evaluation waits for the run's last stage)."""
     run = RunDir(run_dir)
     recipe = run.load_config()
-    dist = setup_distributed(recipe.train.threads, recipe.train.collective_timeout_s)
+    dist = setup_distributed(recipe.train.threads)
     try:
         return _train(run, recipe, dist, resume, corpus, allow, until_stage)
     except Exception as exc:
@@ -70,8 +71,7 @@ def _train(run: RunDir, recipe: RecipeConfig, dist: Dist, resume: bool, corpus: 
         for warning in recipe.budget_warnings():
             print(f"warning: {warning}", flush=True)
     trainer = Trainer(recipe, run, dist, corpus)
-    if dist.is_main:
-        trainer.on_stage_end.append(StageEndReport(run, corpus, recipe, dist))
+    trainer.on_stage_end.append(StageEndReport(run, corpus, recipe, dist))  # every rank decodes a share
     if resume:
         trainer.ckpt.restore(allow)
     restarts = os.environ.get("SLURM_RESTART_COUNT")
@@ -94,32 +94,47 @@ def _train(run: RunDir, recipe: RecipeConfig, dist: Dist, resume: bool, corpus: 
     finally:
         if trainer.tb is not None:
             trainer.tb.close()
-    if dist.is_main and finished:
-        import json
+    if finished:
+        final_evaluation(run, corpus, recipe, dist, trainer.final_unsaved)
+    barrier()
+    return EXIT_UNSAVED if trainer.final_unsaved is not None else 0
 
-        from pipeline.checkpoint import commit as ckpt
-        from pipeline.evaluation.run_eval import evaluate_run
 
-        groups = {d.name: d.group for d in corpus.manifest.directions}
+def final_evaluation(run: RunDir, corpus: PreparedCorpus, recipe: RecipeConfig, dist: Dist,
+                     final_unsaved: str | None) -> None:
+    """The run's last checkpoint on `eval.splits`, on every rank (each decodes a share, rank 0
+    scores and prints); a split the last stage's report scored with the same weights is shown."""
+    import json
+
+    from pipeline.checkpoint import commit as ckpt
+    from pipeline.evaluation.run_eval import evaluate_run
+
+    found = None
+    if dist.is_main:
         found, _ = ckpt.discover(run.checkpoints)
-        if trainer.final_unsaved is not None:
+        if final_unsaved is not None:
             scored = f"{found.tag} (step {found.meta['step']})" if found is not None else "none"
-            print(f"mmtc: the final checkpoint ({trainer.final_unsaved}) did not commit (see the save_failed "
+            print(f"mmtc: the final checkpoint ({final_unsaved}) did not commit (see the save_failed "
                   f"event); the scores below are of the last committed checkpoint, {scored}, not of the final "
                   f"weights. Free space and run `mmtc resume {run.path}` to train again from there.",
                   file=sys.stderr, flush=True)
-        for split in recipe.eval.splits if found is not None else []:
-            if split == "dev" and recipe.eval.stage_end and trainer.final_unsaved is None:
+    # Rank 0 decides (the files it finds), so that every rank enters the same decodings.
+    plan: list[tuple[str, str]] = []  # (split, "done" | "decode")
+    if found is not None:
+        for split in recipe.eval.splits:
+            if split == "dev" and recipe.eval.stage_end and final_unsaved is None:
                 continue  # scored at the end of the last stage already
-            # The last stage's report scored this split with the same weights a moment ago.
-            done = run.eval_dir(found.path.name) / f"{split}.json" if found is not None else None
-            if done is not None and done.is_file():
-                results = json.loads(done.read_text())
-            else:
-                results = evaluate_run(run, corpus, recipe, split=split, device=dist.device)
+            done = run.eval_dir(found.path.name) / f"{split}.json"
+            plan.append((split, "done" if done.is_file() else "decode"))
+    tag, plan = broadcast_object((found.tag if found is not None else None, plan))
+    groups = {d.name: d.group for d in corpus.manifest.directions}
+    for split, how in plan:
+        if how == "done":
+            results = json.loads((run.eval_dir(tag) / f"{split}.json").read_text()) if dist.is_main else None
+        else:
+            results = evaluate_run(run, corpus, recipe, split=split, tag=tag, device=dist.device, dist=dist)
+        if results is not None:
             print(format_table(results, groups), flush=True)
-    barrier()
-    return EXIT_UNSAVED if trainer.final_unsaved is not None else 0
 
 
 def main() -> None:

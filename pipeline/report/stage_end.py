@@ -1,7 +1,7 @@
 """What a run does when a stage ends, besides its checkpoint: dev BLEU/chrF for every direction
 with the stage-final weights, then the stage's report (test scored too) under reports/. The
-worker registers it on the trainer (rank 0); the trainer and the checkpointer know nothing of
-evaluation or reports."""
+worker registers it on the trainer on every rank: all ranks decode a share of dev and test, rank
+0 scores and writes; the trainer and the checkpointer know nothing of evaluation or reports."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ class StageEndReport:
         self.run, self.corpus, self.recipe, self.dist = run, corpus, recipe, dist
 
     def __call__(self, tag: str, stage_index: int) -> None:
-        results = evaluate_run(self.run, self.corpus, self.recipe, split="dev", tag=tag, device=self.dist.device)
+        results = evaluate_run(self.run, self.corpus, self.recipe, split="dev", tag=tag, device=self.dist.device,
+                               dist=self.dist)
+        if self.corpus.splits.get("test"):  # the report scores it: decoded here by every rank, found there
+            evaluate_run(self.run, self.corpus, self.recipe, split="test", tag=tag, device=self.dist.device,
+                         dist=self.dist)
+        if results is None:  # not rank 0
+            return
         groups = {d.name: d.group for d in self.corpus.manifest.directions}
         print(format_table(results, groups), flush=True)
         try:

@@ -33,7 +33,7 @@ from pipeline.data.batches import StepBatches
 from pipeline.data.prepare import PreparedCorpus
 from pipeline.distill.lssd import ROWS
 from pipeline.distill.teachers import TeacherBank
-from pipeline.engine.collectives import Dist, all_reduce_sum
+from pipeline.engine.collectives import Dist, all_reduce_sum, broadcast_object
 from pipeline.engine.ds_engine import Engine
 from pipeline.model.transformer import build_model
 from pipeline.rundir.layout import RunDir
@@ -73,7 +73,7 @@ class Trainer:
         self.tb: TensorBoardLog | None = None  # rank 0 only; set by the worker once restored
         self.stop_requested = False
         self.final_unsaved: str | None = None  # the run's last checkpoint, when its save failed
-        # Called on rank 0 with (stage-final tag, stage index) when eval.stage_end: the worker
+        # Called on every rank with (stage-final tag, stage index) when eval.stage_end: the worker
         # registers the stage's evaluation and report (pipeline/report/stage_end.py).
         self.on_stage_end: list[Callable[[str, int], None]] = []
         self.ckpt = Checkpointer(self)
@@ -298,9 +298,11 @@ class Trainer:
         if committed is not None and self.dist.is_main:
             print(f"stage {self.stages[index].name} ended at step {self.counters.step} ({ending.reason}"
                   f"{': ' + ending.monitor if ending.monitor else ''}); checkpoint {committed.path}", flush=True)
-            if self.recipe.eval.stage_end:
-                for hook in self.on_stage_end:
-                    hook(committed.tag, index)
+        if not self.ckpt.last_failed and self.recipe.eval.stage_end and self.on_stage_end:
+            # Every rank runs the hooks (they decode a share each); rank 0 knows the committed tag.
+            tag = broadcast_object(committed.tag if committed is not None else None)
+            for hook in self.on_stage_end:
+                hook(tag, index)
         if last:
             self.meter.close()
 

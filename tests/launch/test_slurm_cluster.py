@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from corpus_factory import LONGER_MIX as SETS
-from run_checks import assert_equals_uninterrupted, last_step, wait_for
+from run_checks import (
+    assert_equals_uninterrupted,
+    assert_preempted_event,
+    events,
+    job_info,
+    job_log,
+    last_step,
+    preempted_tag,
+    wait_finished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -63,27 +73,6 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -
     return proc.stdout
 
 
-def job_info(job: str, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
-
-
-def wait_finished(job: str, env: dict[str, str], run_dir: Path, timeout: float = 180) -> dict[str, str]:
-    def done():
-        info = job_info(job, env)
-        return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
-    try:
-        info = wait_for(f"job {job} to finish", done, timeout, poll=1.0)
-    except AssertionError:
-        raise AssertionError(f"{job_info(job, env)}\n{job_log(run_dir)}") from None
-    assert info["JobState"] == "COMPLETED", f"{info}\n{job_log(run_dir)}"
-    return info
-
-
-def job_log(run_dir: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted((run_dir / "slurm").glob("*.out")))
-
-
 def submit(args: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
     run([sys.executable, "-m", "pipeline.launch.slurm", "submit", *args, *JOB, *SETS], env, cwd)
     run_dir = Path(args[args.index("--run-dir") + 1])
@@ -93,25 +82,6 @@ def submit(args: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
 def warn_job(job: str, env: dict[str, str]) -> None:
     """What Slurm does before the time limit with --signal=B:USR1@N: USR1 to the batch shell only."""
     run(["scancel", "--signal=USR1", "--batch", job], env, Path.cwd())
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
-def preempted_tag(log: str) -> str:
-    """The checkpoint the warned job saved, from the trainer's own line in the job log."""
-    m = re.search(r"preempted: saved at step (\d+)", log)
-    assert m, f"the job was not preempted (did the warning arrive after the run ended?):\n{log}"
-    tags = re.findall(r"resume: from (step0*" + m.group(1) + r"-\S+)", log)
-    assert tags, log
-    return tags[-1]
-
-
-def assert_preempted_event(ev: list[dict], tag: str) -> None:
-    pre = [e for e in ev if e["event"] == "preempted"]
-    assert [(e["signal"], e["checkpoint"]) for e in pre] == [("SIGUSR1", tag)], \
-        f"events.jsonl should keep the preemption (it was saved as {tag}): {ev}"
 
 
 @pytest.fixture(scope="module")

@@ -112,8 +112,7 @@ def test_two_ranks_on_two_hosts_equal_two_ranks_on_one(hosts, two_rank_ref, mmtc
 def test_a_killed_or_hung_rank_is_named_and_the_resume_is_exact(hosts, two_rank_ref, mmtc_env):
     root, recipe, ref, switch = two_rank_ref
     run_dir = root / "lost-rank"
-    # a hung peer (SIGSTOP) is found by the collective timeout, 45 s here instead of 30 min
-    prepare(run_dir, recipe, [*LONGER_MIX, *ONE_THREAD, "--set", "train.collective_timeout_s=45"], mmtc_env, root)
+    prepare(run_dir, recipe, [*LONGER_MIX, *ONE_THREAD], mmtc_env, root)
 
     # 1. rank 1's host loses its process mid-step: rank 0 is told at once which rank went
     job = Job(hosts, run_dir, mmtc_env, root)
@@ -127,7 +126,7 @@ def test_a_killed_or_hung_rank_is_named_and_the_resume_is_exact(hosts, two_rank_
     job.kill()
 
     # 2. resumed; then rank 0 hangs (stopped, its sockets open): rank 1 waits out the timeout
-    job = Job(hosts, run_dir, mmtc_env, root)
+    job = Job(hosts, run_dir, dict(mmtc_env, MMTC_COLLECTIVE_TIMEOUT="45"), root)
     before = last_step(run_dir)[0]
     wait_for("two more steps", lambda: last_step(run_dir)[0] >= before + 2 and "resume: from" in job.log(0), 300)
     job.procs[0].send_signal(signal.SIGSTOP)
