@@ -133,25 +133,71 @@ class Checkpointer:
         if refused is not None:
             raise refused
         resharded = found.meta.get("world") != t.dist.world and int(found.meta.get("zero_stage", 0)) >= 1
+        how: dict[str, Any] = {}
         if resharded:
-            cs = t.engine.load_weights_only(found.path, consolidated_state(found.path, int(found.meta["zero_stage"])))
-            if t.dist.is_main:
-                print(f"resume: {found.meta.get('world')} -> {t.dist.world} processes under ZeRO-"
-                      f"{found.meta['zero_stage']}: weights and schedule carry over, Adam's moments restart "
-                      "(ZeRO shards cannot be re-split); the data order follows the new world size", flush=True)
+            cs, how = self._reshard(found)
         else:
             cs = t.engine.load(t.run.checkpoints, found.tag)
+            if found.meta.get("world") != t.dist.world and t.dist.is_main:
+                print(f"resume: {found.meta.get('world')} -> {t.dist.world} processes under ZeRO-0: the checkpoint "
+                      "holds the whole optimizer state, so weights, Adam's moments and the schedule carry over as "
+                      "saved; the data order follows the new world size", flush=True)
         rank_file, shared = found.path / f"rank_state{t.dist.rank}.pt", found.path / SHARED
         t.load_state_dict(cs, torch.load(rank_file) if rank_file.is_file() else {},
                           torch.load(shared) if shared.is_file() else None)
         if t.dist.is_main:
             t.run.truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
-        t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world")} if resharded else {}))
+        t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world"), **how} if resharded else {}))
         changes = diff_items(found.meta.get("recipe"), to_plain(t.recipe))
         if changes:  # _check_compatible let them through
             self._record_changes(found.tag, changes)
         return found
+
+    def _reshard(self, found: ckpt.Committed) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load a ZeRO checkpoint written by another world size: (client state, the resume event's
+        fields saying how). First through DeepSpeed's universal checkpoint (rank 0 converts the tag
+        once, to <tag>/universal; every rank then takes its new partition of the fp32 weights and of
+        Adam's moments); where that cannot be (`Engine.universal_unsupported`) or fails, the
+        consolidated fp32 weights with fresh moments, as before."""
+        from pipeline.engine.ds_engine import UNIVERSAL, to_universal  # DeepSpeed only for ZeRO shards
+
+        t, old, stage = self.t, found.meta.get("world"), int(found.meta["zero_stage"])
+        why = t.engine.universal_unsupported()
+        cs: dict[str, Any] | None = None
+        if why is None:
+            failed = torch.zeros(1)
+            if t.dist.is_main:
+                try:
+                    to_universal(found.path)
+                except Exception as exc:
+                    failed += 1
+                    why = (str(exc) or type(exc).__name__).splitlines()[0]
+            # Doubles as the barrier the other ranks wait at while rank 0 converts.
+            if bool(all_reduce_sum(failed) > 0):
+                why = why or "the conversion failed on rank 0"
+            else:
+                try:
+                    cs = t.engine.load_universal(found.path / UNIVERSAL)
+                except Exception as exc:
+                    failed += 1
+                    why = f"loading it failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                if bool(all_reduce_sum(failed) > 0):
+                    why = why or "loading it failed on another rank"
+                    cs = None
+                    t.engine.reset_optimizer_state()  # whatever part of it did load goes
+        if cs is not None:
+            if t.dist.is_main:
+                print(f"resume: {old} -> {t.dist.world} processes under ZeRO-{stage}: weights, Adam's moments "
+                      "and step counts and the schedule carry over (re-split by DeepSpeed's universal checkpoint, "
+                      f"{found.tag}/{UNIVERSAL}); the data order follows the new world size", flush=True)
+            return cs, {"optimizer_state": "universal"}
+        cs = t.engine.load_weights_only(found.path, consolidated_state(found.path, stage))
+        if t.dist.is_main:
+            print(f"resume: {old} -> {t.dist.world} processes under ZeRO-{stage}: weights and schedule carry over, "
+                  f"Adam's moments restart (no universal checkpoint: {why}); the data order follows the new "
+                  "world size", flush=True)
+        return cs, {"optimizer_state": "restarted", "optimizer_restart_reason": why}
 
     def _record_changes(self, tag: str, changes: list[tuple[str, Any, Any]]) -> None:
         """An allowed recipe change: an event at the step it takes effect, and a line in run.json."""
