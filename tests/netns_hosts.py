@@ -65,6 +65,24 @@ class Host:
                 os.kill(pid, sig)
 
 
+def remove_stale() -> None:
+    """Namespaces of an earlier test process that was killed before its teardown ran (named
+    `mmtc-<pid>-...`; the pid is gone): their processes, veth pairs and /etc/netns files."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in (line.split()[0] for line in out.splitlines() if line.strip()):
+        parts = name.split("-")
+        if len(parts) != 4 or parts[0] != "mmtc" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # its test is still running
+        except ProcessLookupError:
+            pass
+        Host(name, "", "").kill_all()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+
+
 class TwoHosts:
     """Host names `<prefix>1` and `<prefix>2` (a Slurm nodelist `<prefix>[1-2]`)."""
 
@@ -86,10 +104,11 @@ class TwoHosts:
             raise CannotMakeHosts("network namespaces need root")
         if shutil.which("ip") is None or shutil.which("unshare") is None:
             raise CannotMakeHosts("iproute2's `ip` or util-linux's `unshare` is not installed")
+        remove_stale()
         tag = f"{os.getpid() % 100000}{random.randint(0, 99)}"
         prefix = f"mmtc{tag}n"
         subnet = f"10.{random.randint(64, 250)}.{random.randint(0, 250)}"
-        hosts = [Host(f"mmtc-{tag}-{i}", f"{prefix}{i}", f"{subnet}.{i}") for i in (1, 2)]
+        hosts = [Host(f"mmtc-{os.getpid()}-{tag}-{i}", f"{prefix}{i}", f"{subnet}.{i}") for i in (1, 2)]
         try:
             for h in hosts:
                 _ip("netns", "add", h.netns)
