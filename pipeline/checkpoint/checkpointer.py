@@ -12,7 +12,7 @@ import torch
 from pipeline.checkpoint import commit as ckpt
 from pipeline.checkpoint.average import best_to_keep
 from pipeline.checkpoint.host import CheckpointHost
-from pipeline.checkpoint.resume import diff_items, refusal
+from pipeline.checkpoint.resume import diff_items, refusal, with_defaults
 from pipeline.checkpoint.weights import consolidated_state
 from pipeline.core import faults
 from pipeline.core.atomic import atomic_write_text
@@ -128,7 +128,8 @@ class Checkpointer:
                 print("resume: no committed checkpoint; starting from the beginning", flush=True)
                 t.run.truncate_logs(0)
             return None
-        refused = refusal(found.path, found.meta, t.dist.world, t.corpus.fingerprint, t.corpus.parts,
+        saved = dict(found.meta, recipe=with_defaults(found.meta.get("recipe")))
+        refused = refusal(found.path, saved, t.dist.world, t.corpus.fingerprint, t.corpus.parts,
                           to_plain(t.recipe), allow)
         if refused is not None:
             raise refused
@@ -149,7 +150,7 @@ class Checkpointer:
             t.run.truncate_logs(t.counters.step, found.tag)
             print(f"resume: from {found.tag} (step {t.counters.step})", flush=True)
         t.event("resume", tag=found.tag, **({"resharded_from": found.meta.get("world"), **how} if resharded else {}))
-        changes = diff_items(found.meta.get("recipe"), to_plain(t.recipe))
+        changes = diff_items(saved["recipe"], to_plain(t.recipe))
         if changes:  # _check_compatible let them through
             self._record_changes(found.tag, changes)
         return found

@@ -4,8 +4,12 @@ refusals and the allowed-change records are written from."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
+
+from pipeline.core.typed_yaml import to_plain
+from pipeline.curriculum.recipe import recipe_from_plain
 
 CHANGES = ("world", "corpus", "recipe")  # what `--allow-change` may let through on resume
 
@@ -25,6 +29,18 @@ def diff_items(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in diff_items(x, y, f"{path}[{i}]")]
     return [] if a == b else [(path, a, b)]
+
+
+def with_defaults(saved: Any) -> Any:
+    """A checkpoint's saved recipe as this version reads it: a key added since then, at its
+    default, is no change of recipe (else every new key would refuse every older checkpoint).
+    A saved recipe this version cannot read is compared as it is."""
+    if not isinstance(saved, dict):
+        return saved
+    try:
+        return to_plain(recipe_from_plain(copy.deepcopy(saved)))
+    except Exception:
+        return saved
 
 
 def diff_plain(a: Any, b: Any, path: str = "") -> list[str]:
