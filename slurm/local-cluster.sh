@@ -96,7 +96,7 @@ node_name() {
 }
 
 write_config() {
-    local host node cpus mem
+    local host node cpus mem header ctld spool slurmd_pid slurmd_log i
     host=$(hostname -s)
     node=$(node_name)
     # At least 2 CPUs, so that a 2-task test job fits even on a 1-core machine (config_overrides
@@ -106,15 +106,23 @@ write_config() {
     # Slurm drains a node that has less memory than configured: stay under what it has.
     mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     mkdir -p "$DIR"/{etc,state,spool,log,run}
+    header="# Written by slurm/local-cluster.sh; verified configuration (shared/notes/slurm-local.md)."
+    ctld="$host(127.0.0.1)"
+    spool=$DIR/spool slurmd_pid=$DIR/run/slurmd.pid slurmd_log=$DIR/log/slurmd.log
     if multi; then
-        write_multi_config "$cpus" "$mem"
-        return 0
+        # Nodes in namespaces: the controller at the first node's address, and per node (%n, the
+        # node name) a spool dir, pid file and log, as on separate machines.
+        header="# Written by slurm/local-cluster.sh (MMTC_SLURM_NODES=$MMTC_SLURM_NODES): nodes in network namespaces."
+        ctld="${NAMES[0]}(${ADDRS[0]})"
+        spool=$DIR/spool/%n slurmd_pid=$DIR/run/slurmd-%n.pid slurmd_log=$DIR/log/slurmd-%n.log
+        for i in "${!NAMES[@]}"; do mkdir -p "$DIR/spool/${NAMES[$i]}"; done
     fi
-    cat >"$CONF" <<EOF
-# Written by slurm/local-cluster.sh; verified configuration (shared/notes/slurm-local.md).
+    {
+        cat <<EOF
+$header
 ClusterName=mmtc-local
 # The address: clients and slurmd reach the controller without a DNS lookup of the host name.
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$ctld
 SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
 SlurmUser=root
@@ -123,11 +131,11 @@ CredType=cred/munge
 # cred_expire is also how long a requeued job waits before it may run again (default 120 s).
 AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$slurmd_pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$slurmd_log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 ReturnToService=2
@@ -141,53 +149,19 @@ JobRequeue=1
 FirstJobId=$FIRST_JOB_ID
 KillWait=15
 MailProg=/bin/true
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
-    # No cgroup.conf: Slurm 22.05 has no CgroupPlugin=disabled, and slurmd fails with it.
-}
-
-# The same settings for nodes in namespaces: the controller at the first node's address, a NodeName
-# line per node, and per node (%n) a spool dir, pid file and log, as on separate machines.
-write_multi_config() {
-    local cpus=$1 mem=$2 i
-    for i in "${!NAMES[@]}"; do mkdir -p "$DIR/spool/${NAMES[$i]}"; done
-    {
-        cat <<EOF
-# Written by slurm/local-cluster.sh (MMTC_SLURM_NODES=$MMTC_SLURM_NODES): nodes in network namespaces.
-ClusterName=mmtc-local
-SlurmctldHost=${NAMES[0]}(${ADDRS[0]})
-SlurmctldPort=$PORT
-SlurmdPort=$((PORT + 1))
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
-StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool/%n
-SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd-%n.pid
-SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-ReturnToService=2
-SlurmdParameters=config_overrides
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-JobRequeue=1
-FirstJobId=$FIRST_JOB_ID
-KillWait=15
-MailProg=/bin/true
-EOF
-        for i in "${!NAMES[@]}"; do
-            echo "NodeName=${NAMES[$i]} NodeAddr=${ADDRS[$i]} CPUs=$cpus RealMemory=$mem State=UNKNOWN"
-        done
-        local IFS=,
-        echo "PartitionName=$PARTITION Nodes=${NAMES[*]} Default=YES MaxTime=INFINITE State=UP"
+        if multi; then
+            for i in "${!NAMES[@]}"; do
+                echo "NodeName=${NAMES[$i]} NodeAddr=${ADDRS[$i]} CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+            done
+            local IFS=,
+            echo "PartitionName=$PARTITION Nodes=${NAMES[*]} Default=YES MaxTime=INFINITE State=UP"
+        else
+            echo "NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+            echo "PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP"
+        fi
     } >"$CONF"
+    # No cgroup.conf: Slurm 22.05 has no CgroupPlugin=disabled, and slurmd fails with it.
 }
 
 # A pid file names a live daemon only if that pid is still the same program (pids get reused):

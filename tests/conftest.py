@@ -56,3 +56,19 @@ def two_rank_ref(tmp_path_factory, mmtc_env):
     events = [json.loads(x) for x in (ref / "events.jsonl").read_text().splitlines()]
     switch = next(e["step"] for e in events if e["event"] == "stage_end" and e["stage"] == "hrl")
     return root, recipe, ref, switch
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """Two "hosts" (network namespaces, tests/netns_hosts.py) for a module's tests; a warning and a
+    skip with the reason where they cannot be made."""
+    import warnings
+
+    from netns_hosts import CannotMakeHosts, TwoHosts
+
+    try:
+        with TwoHosts.create() as made:
+            yield made
+    except CannotMakeHosts as exc:
+        warnings.warn(f"no multi-host test: {exc}", stacklevel=1)
+        pytest.skip(f"network namespaces cannot be made here: {exc}")

@@ -78,6 +78,9 @@ stages:
 # The two-stage recipe's mix stage made longer, so that a warning (or a kill) sent after step k still
 # finds the run training (the Slurm and two-host tests).
 LONGER_MIX = ["--set", "stages.1.until.max_steps=30"]
+# One task per "host" takes all the machine's cores (cores / local ranks), a reference's two local
+# ranks half each: other thread counts sum matmuls in another order. The same count, the same bits.
+ONE_THREAD = ["--set", "train.threads=1"]
 
 
 def two_stage_recipe(root: Path, manifest: Path, train: str = "", extra: str = "") -> Path:

@@ -1,13 +1,16 @@
 """What the exact-resume, Slurm and two-host tests compare: a run's metric rows, its final tag's
 tensors, and the waiting on a run that trains in another process (or a Slurm job)."""
 
+import contextlib
 import json
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
 COMPARED = ("step", "stage", "lr", "loss", "nll", "grad_norm", "directions", "p", "dev_loss", "train_nll")
@@ -120,3 +123,25 @@ def assert_preempted_event(ev: list[dict], tag: str) -> None:
     pre = [e for e in ev if e["event"] == "preempted"]
     assert [(e["signal"], e["checkpoint"]) for e in pre] == [("SIGUSR1", tag)], \
         f"events.jsonl should keep the preemption (it was saved as {tag}): {ev}"
+
+
+CANT_INSTALL = 3  # local-cluster.sh: no root (or no apt) to install and run Slurm
+LOCAL_CLUSTER = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.sh"
+
+
+@contextlib.contextmanager
+def local_cluster(env: dict[str, str], state: Path):
+    """slurm/local-cluster.sh started with `env` (its MMTC_SLURM_* settings; state under `state`),
+    yielding `env` with SLURM_CONF, stopped on exit; a warning and a skip where it cannot run."""
+    proc = subprocess.run([str(LOCAL_CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode == CANT_INSTALL:
+        reason = f"no local Slurm cluster: {proc.stderr.strip()}"
+        warnings.warn(reason, stacklevel=1)  # shown in pytest's summary even without -rs
+        pytest.skip(reason)
+    logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((state / "log").glob("slurm*.log")))
+    assert proc.returncode == 0, f"local-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}\n{logs}"
+    env = dict(env, SLURM_CONF=str(state / "etc" / "slurm.conf"))
+    try:
+        yield env
+    finally:
+        subprocess.run([str(LOCAL_CLUSTER), "stop"], env=env, capture_output=True, timeout=120)

@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from run_checks import (
     job_info,
     job_log,
     last_step,
+    local_cluster,
     preempted_tag,
     wait_finished,
     wait_for,
@@ -28,8 +28,6 @@ from run_checks import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CANT_INSTALL = 3  # local-cluster.sh: no root (or no apt) to install and run Slurm
 JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "--time", "15:00"]
 
 
@@ -53,18 +51,8 @@ def cluster(tmp_path_factory, mmtc_env):
     env = dict(mmtc_env, MMTC_SLURM_DIR=str(state), MMTC_SLURM_PORT=str(free_port_pair()),
                # job ids (and the rendezvous ports derived from them) apart from any other cluster here
                MMTC_SLURM_FIRST_JOB_ID=str(random.randint(1000, 14000)))
-    script = str(ROOT / "slurm" / "local-cluster.sh")
-    proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode == CANT_INSTALL:
-        reason = f"no local Slurm cluster: {proc.stderr.strip()}"
-        warnings.warn(reason, stacklevel=1)  # shown in pytest's summary even without -rs
-        pytest.skip(reason)
-    assert proc.returncode == 0, f"local-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
-    env["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
-    try:
-        yield env
-    finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+    with local_cluster(env, state) as running:
+        yield running
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:

@@ -7,22 +7,21 @@ uninterrupted 2-process run on one host."""
 
 import json
 import random
-import subprocess
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from corpus_factory import LONGER_MIX
-from netns_hosts import CannotMakeHosts, TwoHosts
+from corpus_factory import LONGER_MIX, ONE_THREAD
+from netns_hosts import TwoHosts
 from run_checks import (
     assert_equals_uninterrupted,
     assert_preempted_event,
     events,
     job_log,
     last_step,
+    local_cluster,
     preempted_tag,
     wait_finished,
     wait_for,
@@ -30,23 +29,8 @@ from run_checks import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CANT_INSTALL = 3  # local-cluster.sh: no root (or no apt) to install and run Slurm
-# One task per node takes all the machine's cores (cores / local ranks), the reference's two local
-# ranks half each: other thread counts sum matmuls in another order (as in test_two_hosts.py).
-ONE_THREAD = ["--set", "train.threads=1"]
 JOB = ["--nodes", "2", "--tasks-per-node", "1", "--gpus-per-node", "0", "--cpus-per-task", "1",
        "--partition", "cpu", "--time", "15:00"]
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    try:
-        with TwoHosts.create() as made:
-            yield made
-    except CannotMakeHosts as exc:
-        warnings.warn(f"no two-node Slurm test: {exc}", stacklevel=1)
-        pytest.skip(f"network namespaces cannot be made here: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +42,8 @@ def cluster(hosts, tmp_path_factory, mmtc_env):
     # ports jobs derive from their ids (15000-29999)
     env = dict(mmtc_env, MMTC_SLURM_DIR=str(state), MMTC_SLURM_PORT=str(random.randint(30000, 32700)),
                MMTC_SLURM_FIRST_JOB_ID=str(random.randint(1000, 14000)), MMTC_SLURM_NODES=nodes)
-    script = str(ROOT / "slurm" / "local-cluster.sh")
-    proc = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode == CANT_INSTALL:
-        reason = f"no local Slurm cluster: {proc.stderr.strip()}"
-        warnings.warn(reason, stacklevel=1)  # shown in pytest's summary even without -rs
-        pytest.skip(reason)
-    logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((state / "log").glob("slurm*.log")))
-    assert proc.returncode == 0, f"local-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}\n{logs}"
-    env["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
-    try:
-        yield env
-    finally:
-        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+    with local_cluster(env, state) as running:
+        yield running
 
 
 def in_host1(hosts: TwoHosts, args: Sequence[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:

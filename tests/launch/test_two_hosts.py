@@ -10,31 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
-from corpus_factory import LONGER_MIX
-from netns_hosts import CannotMakeHosts, TwoHosts
+from corpus_factory import LONGER_MIX, ONE_THREAD
+from netns_hosts import TwoHosts
 from run_checks import assert_equals_uninterrupted, last_step, wait_for
 
 pytestmark = pytest.mark.slow
 
 EXIT_LOST_RANK = 5  # pipeline.launch.worker
-# One task per "host" takes all the machine's cores (cores / local ranks), the reference's two local
-# ranks half each: other thread counts sum matmuls in another order. The same count, the same bits.
-ONE_THREAD = ["--set", "train.threads=1"]
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    try:
-        with TwoHosts.create() as made:
-            yield made
-    except CannotMakeHosts as exc:
-        warnings.warn(f"no two-host test: {exc}", stacklevel=1)
-        pytest.skip(f"network namespaces cannot be made here: {exc}")
 
 
 def prepare(run_dir: Path, recipe: Path, sets: list[str], env: dict[str, str], cwd: Path) -> None:

@@ -8,30 +8,13 @@ import torch
 from pipeline.config import PRESETS, ModelArch, ModelConfig, resolve_arch
 from pipeline.model.transformer import Seq2SeqTransformer
 
-PAD, BOS, EOS, VOCAB = 1, 2, 3, 50
+from toy_batches import PAD, VOCAB, batch, teacher_forcing
 
 
 def small(**kw: float) -> Seq2SeqTransformer:
     torch.manual_seed(0)
     arch = ModelArch(d_model=32, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=64, dropout=0.0)
     return Seq2SeqTransformer(dataclasses.replace(arch, max_positions=64, **kw), VOCAB, PAD)
-
-
-def batch(lengths: list[int], seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    out = torch.full((len(lengths), max(lengths)), PAD)
-    for i, n in enumerate(lengths):
-        out[i, :n] = torch.randint(4, VOCAB, (n,), generator=g)
-    return out
-
-
-def teacher_forcing(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    body = batch([n - 1 for n in lengths], seed)
-    tgt_in = torch.cat([torch.full((len(lengths), 1), BOS), body], 1)
-    tgt_out = torch.cat([body, torch.full((len(lengths), 1), PAD)], 1)
-    for i, n in enumerate(lengths):
-        tgt_out[i, n - 1] = EOS
-    return tgt_in, tgt_out
 
 
 def test_presets_and_overrides() -> None:
