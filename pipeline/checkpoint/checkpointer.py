@@ -161,7 +161,7 @@ class Checkpointer:
         once, to <tag>/universal; every rank then takes its new partition of the fp32 weights and of
         Adam's moments); where that cannot be (`Engine.universal_unsupported`) or fails, the
         consolidated fp32 weights with fresh moments, as before."""
-        from pipeline.engine.ds_engine import UNIVERSAL, to_universal  # DeepSpeed only for ZeRO shards
+        from pipeline.engine.ds_checkpoint import UNIVERSAL, to_universal  # DeepSpeed only for ZeRO shards
 
         t, old, stage = self.t, found.meta.get("world"), int(found.meta["zero_stage"])
         why = t.engine.universal_unsupported()

@@ -81,6 +81,6 @@ def consolidated_state(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor
     if zero_stage == 0:
         state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return {k: v.float() for k, v in state["module"].items()}
-    from pipeline.engine.ds_engine import zero_consolidated  # DeepSpeed only for ZeRO shards
+    from pipeline.engine.ds_checkpoint import zero_consolidated  # DeepSpeed only for ZeRO shards
 
     return zero_consolidated(tag_dir)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +133,6 @@ def _who(rank: int) -> str:
 def _roll_call(rank: int, world: int, wait_s: float) -> list[int]:
     """The ranks that have not checked in to the rendezvous store after `wait_s` (every survivor
     of a failed collective checks in)."""
-    import time
-
     store = dist.distributed_c10d._get_default_store()
     store.set(f"mmtc/alive/{rank}", "1")
     end = time.monotonic() + wait_s
@@ -146,9 +147,6 @@ def report_lost(exc: BaseException, wait_s: float = 10.0) -> str:
     """The message of a rank whose collective failed: which ranks are lost, by a roll call in the
     rendezvous store, or, where the store does not answer (it lives in rank 0's process), rank 0
     and the rank at the address the error names."""
-    import re
-    import threading
-
     rank, world = dist.get_rank(), dist.get_world_size()
     result: list[list[int]] = []
 

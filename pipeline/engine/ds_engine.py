@@ -25,6 +25,7 @@ from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_
 
 from pipeline.config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
 from pipeline.engine.collectives import Dist, all_reduce_sum, free_port, record_peers  # noqa: E402
+from pipeline.engine.held_bytes import count_held, inner_torch_optimizer  # noqa: E402
 from pipeline.engine.lr_schedule import StepSchedule  # noqa: E402
 from pipeline.engine.optim import SkippableAdamW  # noqa: E402
 
@@ -202,10 +203,8 @@ class Engine:
 
     def reset_optimizer_state(self) -> None:
         """Fresh Adam moments and step counts (a stage with `optimizer: reset`)."""
-        inner: Any = self.optimizer
-        while hasattr(inner, "optimizer") and inner.optimizer is not inner:
-            inner = inner.optimizer
-        if not isinstance(inner, torch.optim.Optimizer):
+        inner = inner_torch_optimizer(self.optimizer)
+        if inner is None:
             raise RuntimeError(f"cannot find the torch optimizer inside {type(self.optimizer).__name__}")
         inner.state.clear()
 
@@ -359,10 +358,8 @@ class Engine:
             raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {universal_dir}")
         # The step counts come back as the tensors the old ranks saved, wherever they lived; torch's
         # fused Adam wants each on its parameter's device (as Optimizer.load_state_dict would put it).
-        inner: Any = self.optimizer
-        while hasattr(inner, "optimizer") and inner.optimizer is not inner:
-            inner = inner.optimizer
-        for p, state in getattr(inner, "state", {}).items():
+        inner = inner_torch_optimizer(self.optimizer)
+        for p, state in ({} if inner is None else inner.state).items():
             step = state.get("step")
             if isinstance(step, torch.Tensor) and isinstance(p, torch.Tensor) and step.device != p.device:
                 state["step"] = step.to(p.device)
@@ -392,238 +389,6 @@ class Engine:
 
     # -- what this rank holds (the ZeRO memory benchmark, the metrics rows) -------------------------
     def held_bytes(self, device_type: str | None = None) -> dict[str, int]:
-        """This rank's bytes of training state, counted from the tensors it holds right now (on a
-        CPU the process's resident size mixes them with everything else, and hides allocations
-        never touched). `device_type` ("cpu", "cuda") counts only tensors there; None all.
-
-        A storage is counted once and whole (a flat buffer and all its views are one storage,
-        padding included), under the first of these keys that reaches it (storages that alias
-        the same addresses: their union), so no byte is counted twice:
-
-        - params: the module's parameters: their storages (ZeRO-0: each tensor; ZeRO-1/2: the
-          flat groups they view; ZeRO-3: the local partitions `ds_tensor`, views of one flat
-          buffer, plus the full `data` gathered now: outside a forward or backward only that of
-          the `ds_persist` parameters, those under `stage3_param_persistence_threshold`
-          elements (1e5 by default), which stay whole on every rank after their first use).
-          Not the module's buffers.
-        - fp32_master: what the inner torch optimizer steps when it is not the module's own
-          parameters (its param groups and state keys, and DeepSpeed's
-          `single_partition_of_fp32_groups` (ZeRO-1/2), `fp32_partitioned_groups_flat` (ZeRO-3),
-          `fp32_groups_flat_partition` (bf16)); 0 under ZeRO-0 in fp32.
-        - optimizer: every tensor in the inner torch optimizer's `state`: Adam's exp_avg and
-          exp_avg_sq and its `step` counts (a scalar per stepped tensor); none before the first step.
-        - buckets: tensors DeepSpeed's objects hold under an attribute path naming buckets (`ipg`,
-          `bucket`): gradient-reduction buffers sized by `reduce_bucket_size`, not by the model
-          (ZeRO-3 allocates 5e8 elements at start-up; on a CPU they stay mostly untouched).
-        - grads: the `.grad` (and DeepSpeed's `.grad_accum`) of the parameters, their partitions
-          and the master tensors, and the tensors of DeepSpeed's objects under an attribute path
-          naming gradients (`grad`, not `norm`): ZeRO-0's `p.grad`; ZeRO-1/2's
-          `averaged_gradients` (views of the gradients of the parameters in the rank's
-          partition, whole tensors, so a little over 1/N), `grads_in_partition`; ZeRO-3's
-          `grad_partitions_flat_buffer` (which `__param_id_to_grad_partition` views), kept
-          between steps, and with optimizer offload also the fp32 partition's `.grad` buffer.
-        - other: every other tensor reachable from DeepSpeed's engine and optimizer objects.
-
-        When matters. The trainer measures right after the backward that ends a step's gradient
-        accumulation, before the optimizer step: the step's reduced gradients, the optimizer
-        state of the steps before and the parameters are all there. By then DeepSpeed's ZeRO-1,
-        like ZeRO-2, has reduced the gradients and dropped those of the parameters outside the
-        rank's partition (they were whole during the backward, and stay whole between the
-        micro-batches of an accumulation, where ZeRO-2 reduces each one). During the step
-        ZeRO-1/2 swap the gradients for a flat fp32 copy of the partition's; after it ZeRO-0/1/2
-        hold none, ZeRO-3 keeps its partition buffer."""
-        wrapper: Any = self.optimizer
-        inner = _inner_torch_optimizer(wrapper)
-        params = list(self.module.parameters())
-        own = {id(p) for p in params}
-        masters = [q for name in _MASTER_ATTRS for q in getattr(wrapper, name, None) or ()]
-        if inner is not None:
-            masters += [q for g in inner.param_groups for q in g["params"]]
-            masters += [q for q in inner.state if isinstance(q, torch.Tensor)]
-        masters = [q for q in masters if id(q) not in own]
-        tally = _HeldTally(device_type)
-        for p in params:
-            for t in (p, getattr(p, "ds_tensor", None), getattr(p, "ds_secondary_tensor", None)):
-                tally.add("params", t)
-        for q in masters:
-            tally.add("fp32_master", q)
-        for state in ({} if inner is None else inner.state).values():
-            for v in state.values():
-                tally.add("optimizer", v)
-        skip = {id(self.module), *own, *(() if inner is None else (id(inner),))}
-        found = _deepspeed_tensors(self.ds, skip)
-        for path, t in found:
-            if any(w in path.lower() for w in _BUCKET_WORDS):
-                tally.add("buckets", t)
-        for t in (*params, *(getattr(p, "ds_tensor", None) for p in params), *masters):
-            tally.add("grads", _leaf_grad(t))
-        for p in params:
-            tally.add("grads", getattr(p, "grad_accum", None))
-        for path, t in found:
-            named = path.lower()  # a gradient buffer, not a gradient norm
-            tally.add("grads" if "grad" in named and "norm" not in named else "other", t)
-            tally.add("grads", _leaf_grad(t))
-        return tally.totals()
-
-
-def zero_consolidated(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """Float32 weights gathered from the ZeRO shards of a tag (DeepSpeed's zero_to_fp32)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-
-
-UNIVERSAL = "universal"  # a committed tag's universal checkpoint: <tag>/universal/
-
-
-def to_universal(tag_dir: Path) -> Path:
-    """DeepSpeed's universal checkpoint of a committed ZeRO-1/2/3 tag (ds_to_universal: each
-    parameter's fp32 weight, exp_avg and exp_avg_sq whole, in zero/<name>/, no world size left in
-    them), made once and returned: `<tag>/universal`. In this process, on the caller's rank alone
-    (the others wait for it: ds_to_universal reads every rank's shard).
-
-    Inside the tag, so it goes when the tag is pruned; discovery and verification read only the
-    files COMMIT.json lists, so it is neither a tag nor a damaged file to them. It is written under
-    `<tag>/.universal.tmp/` and renamed into place complete (ds_to_universal also drops a
-    `latest_universal` pointer beside its output: in the temporary folder, gone with it). A
-    leftover temporary folder is removed first: DeepSpeedCheckpoint walks the tag recursively, and
-    a half-written copy of mp_rank_00_model_states.pt in it would read as a second model rank."""
-    import argparse
-    import io
-    import shutil
-
-    from deepspeed.checkpoint import ds_to_universal
-
-    out = tag_dir / UNIVERSAL
-    if out.is_dir():  # complete: it only ever appears by the rename below
-        return out
-    work = tag_dir / ".universal.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    args = argparse.Namespace(
-        input_folder=str(tag_dir), output_folder=str(work / UNIVERSAL),
-        # In-process and serial: no process pool forked from a rank holding a process group.
-        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-        # Our model records no UNIVERSAL_CHECKPOINT_INFO (there is no tensor parallelism to undo):
-        # the converter then wants the minimal one injected.
-        inject_missing_state=True)
-    log = io.StringIO()
-    try:
-        # Its progress lines and bars would interleave with the trainer's output.
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            ds_to_universal.main(args)
-        os.replace(work / UNIVERSAL, out)
-    except Exception as exc:
-        last = [x for x in log.getvalue().splitlines() if x.strip()][-1:]
-        raise RuntimeError(f"ds_to_universal failed on {tag_dir.name}: {type(exc).__name__}: {exc}"
-                           + (f" (after: {last[0].strip()[:200]})" if last else "")) from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-# -- counting what a rank holds (Engine.held_bytes) ---------------------------------------------------
-HELD_KEYS = ("params", "fp32_master", "optimizer", "buckets", "grads", "other")  # the order storages are claimed in
-_MASTER_ATTRS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups_flat_partition")
-_BUCKET_WORDS = ("ipg", "bucket")  # attribute paths of ZeRO's gradient-reduction buffers
-
-
-def _inner_torch_optimizer(opt: Any) -> torch.optim.Optimizer | None:
-    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16): the one holding Adam's state."""
-    inner, hops = opt, 0
-    while not isinstance(inner, torch.optim.Optimizer) and getattr(inner, "optimizer", None) not in (None, inner):
-        inner, hops = inner.optimizer, hops + 1
-        if hops > 8:
-            break
-    return inner if isinstance(inner, torch.optim.Optimizer) else None
-
-
-def _leaf_grad(t: Any) -> torch.Tensor | None:
-    """`t.grad` without torch's warning for non-leaf tensors (which hold none)."""
-    return t.grad if isinstance(t, torch.Tensor) and t.is_leaf else None
-
-
-def _deepspeed_tensors(root: Any, skip: set[int], depth: int = 6) -> list[tuple[str, torch.Tensor]]:
-    """(attribute path, tensor) for every tensor reachable from `root` through DeepSpeed's own
-    objects (the engine, a torch module, included), dicts, lists and tuples; not through other
-    objects (the user's module, torch optimizers) nor the ids in `skip`."""
-    out: list[tuple[str, torch.Tensor]] = []
-    seen = set(skip)
-
-    def walk(obj: Any, path: str, left: int) -> None:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            out.append((path, obj))
-            return
-        if left == 0 or isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
-            return
-        if isinstance(obj, dict):
-            for k, v in list(obj.items()):
-                walk(k, f"{path}[key]", left - 1)
-                walk(v, f"{path}[{k if isinstance(k, (str, int)) else '.'}]", left - 1)
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            for i, v in enumerate(list(obj)):
-                walk(v, f"{path}[{i}]", left - 1)
-        elif type(obj).__module__.startswith("deepspeed") and hasattr(obj, "__dict__"):
-            for k, v in list(vars(obj).items()):
-                walk(v, f"{path}.{k}", left - 1)
-
-    walk(root, "engine", depth)
-    return out
-
-
-class _HeldTally:
-    """Bytes per key of the storages seen, each address range counted once, for the first key
-    that claimed it (callers add keys in HELD_KEYS order)."""
-
-    def __init__(self, device_type: str | None) -> None:
-        self.device_type = device_type
-        self.ranges: dict[str, list[tuple[int, int, str]]] = {}  # device -> (start, end, key)
-
-    def add(self, key: str, t: Any) -> None:
-        if not isinstance(t, torch.Tensor) or t.is_meta or t.layout != torch.strided:
-            return
-        if self.device_type is not None and t.device.type != self.device_type:
-            return
-        storage = t.untyped_storage()
-        start, n = storage.data_ptr(), storage.nbytes()
-        if n > 0:
-            self.ranges.setdefault(str(t.device), []).append((start, start + n, key))
-
-    def totals(self) -> dict[str, int]:
-        out = dict.fromkeys(HELD_KEYS, 0)
-        for ranges in self.ranges.values():
-            claimed: list[tuple[int, int]] = []  # disjoint, sorted by start
-            for key in HELD_KEYS:
-                mine = _union([(a, b) for a, b, k in ranges if k == key])
-                out[key] += _length(mine) - _length(_intersect(mine, claimed))
-                claimed = _union(claimed + mine)
-        return out
-
-
-def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
-def _intersect(x: list[tuple[int, int]], y: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out, i, j = [], 0, 0
-    while i < len(x) and j < len(y):
-        a, b = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
-        if a < b:
-            out.append((a, b))
-        if x[i][1] < y[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def _length(ranges: list[tuple[int, int]]) -> int:
-    return sum(b - a for a, b in ranges)
+        """This rank's bytes of training state by kind (pipeline/engine/held_bytes.py says what
+        each key counts, and when the trainer measures)."""
+        return count_held(self.ds, self.optimizer, self.module, device_type)

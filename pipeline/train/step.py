@@ -20,7 +20,7 @@ from pipeline.core import faults
 from pipeline.data.batches import StepBatches
 from pipeline.distill.lssd import EXCESS, ROWS, TOKENS, accumulate, token_losses
 from pipeline.engine.collectives import Dist, all_reduce_sum, peak_memory_mb
-from pipeline.engine.ds_engine import HELD_KEYS
+from pipeline.engine.held_bytes import HELD_KEYS
 from pipeline.gradients.host import StepHost
 from pipeline.train.stage_setup import StageRuntime
 

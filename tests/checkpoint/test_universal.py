@@ -31,7 +31,8 @@ from pipeline.train.trainer import Trainer
 if sys.argv[3] == "fail":
     def boom(tag_dir):
         raise RuntimeError(f"ds_to_universal failed on {tag_dir.name}: injected")
-    de.to_universal = boom
+    import pipeline.engine.ds_checkpoint as dc
+    dc.to_universal = boom
 run = RunDir(sys.argv[1])
 recipe = run.load_config()
 t = Trainer(recipe, run, de.setup_distributed(1), load_corpus(recipe, run.tokenizer, lambda m: None))

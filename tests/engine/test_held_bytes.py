@@ -8,8 +8,9 @@ import torch
 
 from pipeline.config import ModelConfig, RecipeConfig
 from pipeline.config.training import DeepSpeedConfig
-from pipeline.engine import ds_engine
-from pipeline.engine.ds_engine import HELD_KEYS, Engine, setup_distributed
+from pipeline.engine import held_bytes
+from pipeline.engine.ds_engine import Engine, setup_distributed
+from pipeline.engine.held_bytes import HELD_KEYS
 from pipeline.model.transformer import build_model
 
 VOCAB, PAD = 50, 1
@@ -18,7 +19,7 @@ PADDING = 4 * 64  # bytes ZeRO may add to align its flat groups (none for this m
 
 def test_a_flat_buffer_and_its_views_are_one_storage_claimed_by_the_first_key():
     flat = torch.zeros(100)
-    tally = ds_engine._HeldTally(None)
+    tally = held_bytes._HeldTally(None)
     tally.add("params", flat[:10])
     tally.add("params", flat[50:])
     tally.add("grads", flat)  # the same storage again: already the parameters'
