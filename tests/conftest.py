@@ -10,6 +10,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _pin_parallel_worker() -> None:
+    """Under pytest-xdist (`-n N`), worker i keeps cores i, i+N, ...: its training processes inherit
+    the affinity and size their threads by it (core.hostinfo.usable_cores), so N single-process
+    tests share the machine without oversubscribing it. Tests that need the whole machine are marked
+    `exclusive` and run afterwards without -n (the README's command)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[int(worker.removeprefix("gw")) % count::count]
+    if mine:
+        os.sched_setaffinity(0, mine)
+
+
+_pin_parallel_worker()
+
+
+def pytest_configure(config):
+    """Under -n, an `exclusive` test would share the machine with another worker's test: refuse
+    unless the selection leaves them out (they run afterwards, alone: the README's command)."""
+    if (config.getoption("numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER")
+            and "not exclusive" not in (config.option.markexpr or "")):
+        raise pytest.UsageError('-n runs tests side by side: add -m "not exclusive", then run -m exclusive '
+                                "without -n (the README's test command)")
+
+
 @pytest.fixture(scope="session")
 def mmtc_env(tmp_path_factory):
     env = dict(os.environ)

@@ -50,7 +50,7 @@ tokenizer: {{vocab_size: 400}}
 model: {{preset: tiny, d_model: 64, encoder_layers: 2, decoder_layers: 2, heads: 4, ffn_dim: 128, dropout: 0.0}}
 sampling: {{kind: temperature, params: {{temperature: 2.0}}}}
 train: {{max_steps: 40, max_tokens: 600, lr: 3.0e-3, warmup_steps: 10, log_every: 5, chunk_steps: 8}}
-eval: {{beam: 2, max_sentences: 20}}
+eval: {{beam: 2, max_sentences: 20, figures: false}}
 {extra}
 """
     path = root / "recipe.yaml"

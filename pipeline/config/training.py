@@ -168,6 +168,7 @@ class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["test"])
     baseline: bool = True  # also score the copy-the-source baseline
     stage_end: bool = True  # dev BLEU/chrF and the stage report at every stage end (false: timing runs)
+    figures: bool = True  # the stage-end index.html's figures (false: tables only; `mmtc report` draws them)
 
     def check(self, path: str) -> Check:
         out: Check = []

@@ -19,6 +19,15 @@ def version(package: str) -> str | None:
         return None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which Slurm's task/affinity and cgroup
+    plugins, taskset and the test suite's parallel workers narrow, not the machine's count; threads
+    sized by os.cpu_count() oversubscribe such a share."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     with contextlib.suppress(OSError, StopIteration):
@@ -47,7 +56,7 @@ def environment() -> dict[str, str]:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     env = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-           "cpu cores": str(os.cpu_count())}
+           "cpu cores": str(os.cpu_count()), "usable cores": str(usable_cores())}
     try:
         import torch
 

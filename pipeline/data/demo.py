@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.hostinfo import usable_cores
 from pipeline.data.demo_text import LanguageStats, extract_pairs
 
 Log = Callable[[str], None]
@@ -166,7 +167,7 @@ def fetch_wesnoth_catalogues(work: Path, log: Log) -> tuple[Path, dict[str, str]
     size = sum(f.stat().st_size for f in files) / 1e6
     log(f"demo: downloaded {len(files)} packages, {size:.0f} MB in {time.monotonic() - start:.1f}s; extracting catalogues")
     locales = {d.locale for d in DEMO_DIRECTIONS}
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, min(4, usable_cores()))) as pool:
         versions = dict(pool.map(lambda deb: _unpack(deb, locale_dir, locales), files))
     shutil.rmtree(debs)  # the .debs are ~270 MB we never need again
     return locale_dir, dict(sorted(versions.items()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
-import os
 import signal
 import sys
 from collections import Counter, deque
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 import sentencepiece as spm
 
+from pipeline.core.hostinfo import usable_cores
 from pipeline.data.chunks import CHUNK, ChunkSource, read_chunk
 from pipeline.data.filters import length_mask
 
@@ -71,8 +71,7 @@ def workers_here() -> int:
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores)
+    return usable_cores()
 
 
 def encode_pairs(model: Path, src: Sequence[str], tgt: Sequence[str], workers: int | None = None

@@ -116,13 +116,20 @@ def describe_peers() -> str:
     return ", ".join(f"{r} on {h} ({a})" for r, (h, a) in enumerate(_PEERS))
 
 
+# What gloo and NCCL say when a peer is gone or silent. "Application timeout caused pair closure" is
+# gloo's word for a peer that stopped answering (a stopped or hung process, sockets still open), seen
+# where the timeout fires inside the pair rather than in the wait.
+_LOST_PEER_TEXTS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer",
+                    "Timed out waiting", "Application timeout caused pair closure",
+                    "NCCL communicator was aborted")
+
+
 def is_collective_failure(exc: BaseException) -> bool:
     """A collective that failed because a peer went away or stopped answering (gloo raises a plain
     RuntimeError from its transport; NCCL a DistBackendError)."""
     text = str(exc)
     return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
-        s in text for s in ("gloo/transport", "Connection reset by peer", "Connection closed by peer",
-                            "Timed out waiting", "NCCL communicator was aborted")))
+        s in text for s in _LOST_PEER_TEXTS))
 
 
 def _who(rank: int) -> str:

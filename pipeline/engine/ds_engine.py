@@ -21,9 +21,11 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+import torch.distributed.distributed_c10d as c10d  # noqa: E402
 from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
 
 from pipeline.config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
+from pipeline.core.hostinfo import usable_cores  # noqa: E402
 from pipeline.engine.collectives import Dist, all_reduce_sum, free_port, record_peers  # noqa: E402
 from pipeline.engine.held_bytes import count_held, inner_torch_optimizer  # noqa: E402
 from pipeline.engine.lr_schedule import StepSchedule  # noqa: E402
@@ -64,6 +66,16 @@ def collective_timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def bound_every_group(timeout: datetime.timedelta) -> None:
+    """Make `timeout` the default of every process group created from now on. DeepSpeed's groups
+    (the clone of the world group that gradient clipping and ZeRO's reductions use, and any
+    data-parallel group) come from dist.new_group without a timeout, which torch fills with its
+    module default (30 minutes), not the world group's: a rank hung in such a collective was waited
+    for half an hour whatever MMTC_COLLECTIVE_TIMEOUT said (seen in the two-host test)."""
+    c10d.default_pg_timeout = timeout
+    c10d.default_pg_nccl_timeout = timeout
+
+
 def setup_distributed(threads: int | None = None) -> Dist:
     """Join (or, alone, create) the process group. Ranks come from the launcher's environment;
     collective_timeout() bounds every collective's wait for a peer."""
@@ -76,13 +88,15 @@ def setup_distributed(threads: int | None = None) -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    torch.set_num_threads(threads or max(1, usable_cores() // max(1, local_world)))
     if not dist.is_initialized():
+        bound_every_group(collective_timeout())
         if world == 1:
             # Alone, the process group needs no rendezvous: an in-process store, not a TCPStore on a
             # free port (whose self-connection hung once in a few hundred single-process test runs,
             # in _create_c10d_store). DeepSpeed then finds the group initialised and adopts it.
-            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=collective_timeout())
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False,
                                    timeout=collective_timeout())
         if not cuda and world > 1:

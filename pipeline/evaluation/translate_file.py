@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
-import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from typing import IO, Any
 import torch
 
 from pipeline.checkpoint.weights import load_model
+from pipeline.core.hostinfo import usable_cores
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.evaluation.evaluate import translate_ids
 from pipeline.rundir.layout import RunDir
@@ -100,7 +100,7 @@ def worker_jobs(job: TranslateJob, nproc: int) -> list[TranslateJob]:
     if job.device.startswith("cuda") and torch.cuda.is_available():
         n = torch.cuda.device_count()
         return [dataclasses.replace(job, device=f"cuda:{i % n}") for i in range(nproc)]
-    threads = job.threads or max(1, (os.cpu_count() or 1) // nproc)
+    threads = job.threads or max(1, usable_cores() // nproc)
     return [dataclasses.replace(job, threads=threads) for _ in range(nproc)]
 
 

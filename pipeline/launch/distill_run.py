@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.hostinfo import usable_cores
 from pipeline.evaluation import seqkd
 from pipeline.launch.slurm import SlurmOptions, directives, options_from_args, sbatch
 
@@ -52,7 +53,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         k, n = (int(x) for x in args.shard.split("/"))
         if not 0 <= k < n:
             raise ValueError(f"--shard {args.shard}: K must be in [0, N)")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("MMTC_DISTILL_LOCAL", "1")))))
+        torch.set_num_threads(max(1, usable_cores() // max(1, int(os.environ.get("MMTC_DISTILL_LOCAL", "1")))))
         seqkd.run_shard(out, k, n, _device(k))
         return 0
     if args.slurm:

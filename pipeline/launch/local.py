@@ -1,19 +1,17 @@
 """`mmtc run` and `mmtc resume` on this machine: the run directory's lock, the recipe (and the
 refusal of changes on resume), the data prepared once here, then training in this process or in
-`--nproc` processes under DeepSpeed's launcher (with Ctrl-C passed to the workers)."""
+`--nproc` local processes (pipeline/launch/local_ranks.py, with Ctrl-C passed to the workers)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.config import RecipeConfig
 from pipeline.core.hostinfo import slow_cpu_bf16_note
+from pipeline.launch.local_ranks import launch
 from pipeline.rundir.layout import RunDir
 
 
@@ -118,35 +116,3 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.sets:
             apply_overrides(run, args.sets, allow)
         return start(run, run.load_config(), args.nproc, True, allow)
-
-
-def launch(run_dir: Path, nproc: int, resume: bool, allow: str = "") -> int:
-    """Start `nproc` local workers through DeepSpeed's launcher (it sets RANK, WORLD_SIZE, ...)."""
-    from pipeline.engine.collectives import free_port
-
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_port", str(free_port()), "--no_local_rank", "--module", "pipeline.launch.worker", str(run_dir)]
-    if resume:
-        cmd += ["--resume", "--allow-change", allow]
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # The launcher runs in its own session, so a Ctrl-C reaches this process alone; it is passed to
-    # the workers, which finish the step, save and exit 85 (DeepSpeed's launcher would kill them).
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-
-    def forward(signum: int, _frame: object) -> None:
-        import psutil
-
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if "pipeline.launch.worker" in " ".join(child.cmdline()):
-                    child.send_signal(signum)
-            except psutil.Error:
-                pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,25 +189,30 @@ def _data_table(summary: dict[str, Any]) -> str:
                   "test dropped"], rows)
 
 
-def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
+def write_index(data: RunData, reports: Sequence[dict[str, Any]], figures: bool = True) -> Path:
+    """The run's index.html. `figures=False` (eval.figures: false, at a stage end) leaves the
+    figures out, and the PNGs of an earlier rendering in place: `mmtc report` draws them."""
     out = data.run.path / "reports"
     pdir = out / "plots"
     made: dict[str, str] = {}
 
-    def fig(name: str, f: Any, alt: str) -> str:
+    def fig(name: str, make: Callable[[], Any], alt: str) -> str:
+        f = make() if figures else None
         if f is None:
             return ""
         made[name] = figure(plots.save_png(f, pdir / f"{name}.png"), alt, f"plots/{name}.png")
         return made[name]
 
     bounds, groups = data.boundaries(), data.groups
-    marks = plots.event_markers(data.events, data.dev_rows)
-    if data.dev_rows:
-        curves = plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, marks, "dev loss per direction")
-    else:
+
+    def curves() -> Any:
+        marks = plots.event_markers(data.events, data.dev_rows)
+        if data.dev_rows:
+            return plots.loss_curves(data.dev_rows, "dev_loss", groups, bounds, marks, "dev loss per direction")
         rows = [{"step": r["step"], "nll": {n: v["nll"] for n, v in r["directions"].items()}} for r in data.train_rows]
-        curves = plots.loss_curves(rows, "nll", groups, bounds, marks,
-                                   "training NLL per direction (no dev losses: train.eval_every is 0)")
+        return plots.loss_curves(rows, "nll", groups, bounds, marks,
+                                 "training NLL per direction (no dev losses: train.eval_every is 0)")
+
     tau = plots.tau_series(data.train_rows, _static_tau(data))
     body = [f"<h1>Run <code>{esc(data.recipe.name)}</code></h1><p><code>{esc(data.run.path.resolve())}</code>"
             f" · recipe {esc(data.meta.get('recipe'))} · created {esc(data.meta.get('created'))}</p>", "<h2>Stages</h2>"]
@@ -227,14 +232,14 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
     for split in ("test", "dev"):
         if any(split in r["splits"] for r in reports):
             body += [f"<h2>BLEU and chrF on {split}, per stage (Δ: against the previous stage)</h2>",
-                     _score_table(reports, split), fig(f"scores-{split}", plots.scores_by_stage(reports, split),
+                     _score_table(reports, split), fig(f"scores-{split}", lambda s=split: plots.scores_by_stage(reports, s),
                                                       f"{split} scores per stage")]
     body += ["<h2>Dev loss</h2>", fig("dev-loss", curves, "loss curves per direction")]
     body += ["<h2>Sampling distribution</h2>",
-             fig("sampling", plots.sampling(data.train_rows, groups, bounds, tau), "sampling distribution")
+             fig("sampling", lambda: plots.sampling(data.train_rows, groups, bounds, tau), "sampling distribution")
              or "<p>no training rows logged yet</p>"]
     if data.sim_rows:
-        body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", plots.grad_similarity(data.sim_rows),
+        body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", lambda: plots.grad_similarity(data.sim_rows),
                                                       "gradient cosine heatmap")]
     drows = [[f"{r['stage']['index']}: {r['stage']['name']}", name, str(d["teacher_step"]), num(d["best_dev_loss"], 3),
               str(d["updates_in_stage"]), str(d["frozen_for_steps"])]
@@ -248,7 +253,7 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
               ", ".join(f"{s} {num(v.get('eval_seconds'))} s" for s, v in r["splits"].items())] for r in reports]
     body += ["<h2>Throughput, wall time, hardware</h2>",
              table(["stage", "steps", "target tokens", "train wall s", "tokens/s", "evaluation"], trows),
-             fig("throughput", plots.throughput(data.train_rows, bounds), "tokens per second")]
+             fig("throughput", lambda: plots.throughput(data.train_rows, bounds), "tokens per second")]
     final = data.finals.get(max(data.finals)) if data.finals else {}
     trained = {"python": data.meta.get("python"), "platform": data.meta.get("platform"),
                "processes": final.get("world"), "ZeRO stage": final.get("zero_stage"),
@@ -259,7 +264,10 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]]) -> Path:
     body += ["<h2>Data</h2>", f"<p>manifest <code>{esc(data.summary.get('manifest'))}</code></p>",
              _data_table(data.summary), "<h2>Resolved recipe</h2>",
              f"<details><summary>config.yaml</summary><pre>{esc(data.run.config.read_text())}</pre></details>"]
-    for stale in pdir.glob("*.png") if pdir.is_dir() else []:
+    if not figures:
+        body.insert(1, "<p><em>Figures are not drawn at stage ends in this run (<code>eval.figures: false</code>): "
+                       f"<code>mmtc report {esc(data.run.path)}</code> draws them.</em></p>")
+    for stale in pdir.glob("*.png") if pdir.is_dir() and figures else []:
         if stale.stem not in made:
             stale.unlink()  # a figure of an earlier version of this report that has no data now
     path = out / "index.html"

@@ -236,7 +236,7 @@ def write_stage_report(run: RunDir, corpus: Any, recipe: RecipeConfig, stage_ind
         raise ValueError(f"stage {st.name}: its committed final checkpoint is {st.tag}, not {tag}")
     prev = next((r for r in saved_reports(data) if r["stage"]["index"] == stage_index - 1), None)
     path = write_stage_files(run, stage_report(data, st, CorpusSource(data, corpus), prev, device=device))
-    write_index(data, saved_reports(data))
+    write_index(data, saved_reports(data), figures=recipe.eval.figures)
     return path
 
 

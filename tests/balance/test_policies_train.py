@@ -23,7 +23,7 @@ def train(root, env, sampling: str, steps: int = 16, nproc: int = 2, extra_train
     # No stage-end evaluation or report: these tests read the policy from the metrics log only.
     text = recipe.read_text().replace("max_steps: 40", f"max_steps: {steps}").replace(
         "log_every: 5", f"log_every: 1, eval_every: 4{extra_train}").replace(
-        "eval: {beam: 2, max_sentences: 20}", "eval: {beam: 2, max_sentences: 20, splits: [], stage_end: false}")
+        "eval: {beam: 2, max_sentences: 20, figures: false}", "eval: {beam: 2, max_sentences: 20, splits: [], stage_end: false}")
     recipe.write_text(text)
     run = root / "run"
     env = dict(env, **({"MMTC_FAULT": fault} if fault else {}))
@@ -94,6 +94,7 @@ def test_exp3_keeps_the_exploration_floor(tmp_path, mmtc_env):
     assert ps[-1] != ps[0]
 
 
+@pytest.mark.exclusive
 def test_multidds_learns_from_gradient_alignment(tmp_path, mmtc_env):
     _, rows = train(tmp_path, mmtc_env, "{kind: multidds, every: 4, params: {lr: 0.2, steps: 1, probe_tokens: 300}}")
     rows = train_rows(rows)

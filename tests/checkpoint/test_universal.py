@@ -50,7 +50,7 @@ for n, p in t.engine.module.named_parameters():
 torch.save(out, sys.argv[2])
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 
 def zero12_shards(tag: Path) -> tuple[dict[str, dict[str, torch.Tensor]], list[float], list[float]]:
@@ -145,10 +145,13 @@ def test_a_failed_conversion_falls_back_to_fresh_moments(two_rank_run, mmtc_env)
 
 
 def test_two_to_one_to_two_processes_trains_to_the_end(two_rank_run, mmtc_env):
-    """Through the command line: 2 -> 1 (killed after step 11, so step 10 is a 1-process commit),
-    then 1 -> 2 to the end of the recipe, the moments carried over both times; the loss stays finite."""
+    """Through the command line: refused without --allow-change world; then 2 -> 1 (killed after
+    step 11, so step 10 is a 1-process commit), then 1 -> 2 to the end of the recipe, the moments
+    carried over both times; the loss stays finite."""
     root, _ = two_rank_run
     run = fresh_copy(two_rank_run, "cli")
+    refused = mmtc(["resume", str(run)], mmtc_env, root, check=False)
+    assert refused.returncode == 2 and "written by 2 processes, this run has 1" in refused.stderr, refused.stderr
     one = mmtc(["resume", str(run), "--allow-change", "world"], mmtc_env, root, fault="kill@11", check=False)
     assert one.returncode != 0
     assert "2 -> 1 processes under ZeRO-2: weights, Adam's moments and step counts" in one.stdout, one.stdout

@@ -1,6 +1,8 @@
-"""On a real one-node Slurm cluster (slurm/local-cluster.sh, started and stopped here): a 2-task job
-is warned with USR1 mid-stage, saves, requeues itself, resumes and finishes with exactly the
-parameters and metrics of an uninterrupted 2-process run; then the same with one job per stage."""
+"""On a real one-node Slurm cluster (slurm/local-cluster.sh, started and stopped here): one 2-task
+job per stage, the second warned with USR1 mid-stage: it saves, requeues itself, resumes and finishes
+with exactly the parameters and metrics of an uninterrupted 2-process run. (A single job warned in
+its first stage is the two-node test's case, tests/launch/test_slurm_two_nodes.py: the same path with
+the save on both nodes.) Then sequence-level KD shards as a job array."""
 
 import json
 import random
@@ -26,7 +28,7 @@ from run_checks import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 JOB = ["--tasks-per-node", "2", "--cpus-per-task", "1", "--partition", "cpu", "--time", "15:00"]
 
@@ -75,25 +77,6 @@ def warn_job(job: str, env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def setup(two_rank_ref, cluster):
     return two_rank_ref
-
-
-def test_warned_job_saves_requeues_resumes_and_equals_the_uninterrupted_run(setup, cluster):
-    root, recipe, ref, switch = setup
-    run_dir = root / "requeued"
-    [job] = submit([str(recipe), "--run-dir", str(run_dir)], cluster, root)
-    wait_for("step 2 of the job", lambda: last_step(run_dir)[0] >= 2, 120)
-    warn_job(job["job_id"], cluster)
-    info = wait_finished(job["job_id"], cluster, run_dir)
-    assert info["Restarts"] == "1", info
-    ev, log = events(run_dir), job_log(run_dir)
-    assert "requeueing (restart 1 of at most 5)" in log
-    tag = preempted_tag(log)
-    assert [(e["slurm_job_id"], e["slurm_restart_count"], e["resume"]) for e in ev if e["event"] == "job"] == [
-        (job["job_id"], 0, False), (job["job_id"], 1, True)]
-    assert [e["tag"] for e in ev if e["event"] == "resume"] == [tag]
-    assert next(e["step"] for e in ev if e["event"] == "stage_end" and e["stage"] == "hrl") == switch
-    assert_equals_uninterrupted(run_dir, ref)
-    assert_preempted_event(ev, tag)
 
 
 def test_chained_stage_jobs_with_a_requeue_equal_the_uninterrupted_run(setup, cluster):

@@ -27,7 +27,7 @@ from run_checks import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 JOB = ["--nodes", "2", "--tasks-per-node", "1", "--gpus-per-node", "0", "--cpus-per-task", "1",
        "--partition", "cpu", "--time", "15:00"]

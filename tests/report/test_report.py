@@ -125,6 +125,23 @@ def test_index_embeds_every_figure_and_saves_it(run_copy):
         assert (index.parent / href).is_file(), href
 
 
+def test_stage_end_without_figures_writes_the_tables_and_keeps_earlier_pngs(run_copy):
+    """eval.figures: false (the test recipes' setting): the trainer's stage-end index has no <img>,
+    says how to draw them, and leaves the PNGs of an earlier `mmtc report` alone."""
+    build_report(run_copy)
+    pngs = {p.name: p.read_bytes() for p in (run_copy / "reports" / "plots").glob("*.png")}
+    run = RunDir(run_copy)
+    recipe = run.load_config()
+    assert recipe.eval.figures is False
+    corpus = load_corpus(recipe, run.tokenizer, lambda _m: None)
+    st = load_run_data(run).stages[1]
+    write_stage_report(run, corpus, recipe, st.index, st.tag, torch.device("cpu"))
+    page = (run_copy / "reports" / "index.html").read_text()
+    assert "<img " not in page and f"mmtc report {run_copy}" in page and "eng-pig" in page
+    assert {p.name: p.read_bytes() for p in (run_copy / "reports" / "plots").glob("*.png")} == pngs
+    assert len(pngs) == 6
+
+
 def test_trainer_hook_writes_each_stage_at_its_end(run_copy):
     run = RunDir(run_copy)
     recipe = run.load_config()
