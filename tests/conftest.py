@@ -12,9 +12,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def _pin_parallel_worker() -> None:
     """Under pytest-xdist (`-n N`), worker i keeps cores i, i+N, ...: its training processes inherit
-    the affinity and size their threads by it (core.hostinfo.usable_cores), so N single-process
-    tests share the machine without oversubscribing it. Tests that need the whole machine are marked
-    `exclusive` and run afterwards without -n (the README's command)."""
+    the affinity and size their threads by it (core.hostinfo.usable_cores), so N tests share the
+    machine without oversubscribing it; the ranks of a multi-process test share their worker's
+    cores (slower, and equal bits: each rank still has one thread). Tests that need the machine to
+    themselves (clusters, namespaces, wall-clock bounds) are marked `exclusive` and run afterwards
+    without -n (the README's command)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
         return

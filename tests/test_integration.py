@@ -9,7 +9,7 @@ import pytest
 
 from corpus_factory import tiny_recipe, write_corpus
 
-pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
+pytestmark = pytest.mark.slow
 
 
 def mmtc(args, env, cwd, stdin=None, check=True):

@@ -16,7 +16,6 @@ from pipeline.core.hostinfo import environment
 from pipeline.evaluation.evaluate import partial_note
 from pipeline.evaluation.metrics import ALL as METRICS
 from pipeline.evaluation.metrics import OFF_TARGET_M, TER_M, Metric
-from pipeline.report import plots
 from pipeline.report.rundata import RunData, stage_stem
 
 OFF_TARGET_NOTE = ("off-tgt%: hypotheses identified (lingua, among the run's languages) as another language than "
@@ -192,6 +191,9 @@ def _data_table(summary: dict[str, Any]) -> str:
 def write_index(data: RunData, reports: Sequence[dict[str, Any]], figures: bool = True) -> Path:
     """The run's index.html. `figures=False` (eval.figures: false, at a stage end) leaves the
     figures out, and the PNGs of an earlier rendering in place: `mmtc report` draws them."""
+    if figures:
+        from pipeline.report import plots  # matplotlib: 0.6 s of a worker's start, paid only to draw
+
     out = data.run.path / "reports"
     pdir = out / "plots"
     made: dict[str, str] = {}
@@ -213,7 +215,6 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]], figures: bool 
         return plots.loss_curves(rows, "nll", groups, bounds, marks,
                                  "training NLL per direction (no dev losses: train.eval_every is 0)")
 
-    tau = plots.tau_series(data.train_rows, _static_tau(data))
     body = [f"<h1>Run <code>{esc(data.recipe.name)}</code></h1><p><code>{esc(data.run.path.resolve())}</code>"
             f" · recipe {esc(data.meta.get('recipe'))} · created {esc(data.meta.get('created'))}</p>", "<h2>Stages</h2>"]
     srows: list[list[Cell]] = []
@@ -236,7 +237,9 @@ def write_index(data: RunData, reports: Sequence[dict[str, Any]], figures: bool 
                                                       f"{split} scores per stage")]
     body += ["<h2>Dev loss</h2>", fig("dev-loss", curves, "loss curves per direction")]
     body += ["<h2>Sampling distribution</h2>",
-             fig("sampling", lambda: plots.sampling(data.train_rows, groups, bounds, tau), "sampling distribution")
+             fig("sampling", lambda: plots.sampling(data.train_rows, groups, bounds,
+                                              plots.tau_series(data.train_rows, _static_tau(data))),
+                 "sampling distribution")
              or "<p>no training rows logged yet</p>"]
     if data.sim_rows:
         body += ["<h2>Gradient similarity</h2>", fig("grad-similarity", lambda: plots.grad_similarity(data.sim_rows),

@@ -94,7 +94,6 @@ def test_exp3_keeps_the_exploration_floor(tmp_path, mmtc_env):
     assert ps[-1] != ps[0]
 
 
-@pytest.mark.exclusive
 def test_multidds_learns_from_gradient_alignment(tmp_path, mmtc_env):
     _, rows = train(tmp_path, mmtc_env, "{kind: multidds, every: 4, params: {lr: 0.2, steps: 1, probe_tokens: 300}}")
     rows = train_rows(rows)

@@ -149,7 +149,6 @@ def zero2_reference(tmp_path_factory, mmtc_env):
     return root, recipe, root / "ref"
 
 
-@pytest.mark.exclusive
 def test_two_process_zero2_signal_on_one_rank_then_a_kill_then_resume_equals_uninterrupted(zero2_reference, mmtc_env):
     """Under ZeRO-2 with 2 processes. SIGUSR1 reaches the last rank only (a real signal, sent during
     step 5): both ranks stop after that step with a committed checkpoint and exit code 85. The resumed

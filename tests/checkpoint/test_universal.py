@@ -50,7 +50,7 @@ for n, p in t.engine.module.named_parameters():
 torch.save(out, sys.argv[2])
 """
 
-pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
+pytestmark = pytest.mark.slow
 
 
 def zero12_shards(tag: Path) -> tuple[dict[str, dict[str, torch.Tensor]], list[float], list[float]]:

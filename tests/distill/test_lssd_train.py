@@ -106,7 +106,6 @@ def test_kill_after_a_teacher_update_resumes_bit_for_bit(reference, mmtc_env, ki
     assert strip == again
 
 
-@pytest.mark.exclusive
 def test_one_process_with_accumulation_equals_two_under_zero2_and_zero3(tmp_path, mmtc_env):
     runs = {}
     for nproc, zero, accum in ((1, 0, 2), (2, 2, 1), (2, 3, 1)):

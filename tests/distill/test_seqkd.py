@@ -38,7 +38,6 @@ def distill(root, manifest, env, out, *extra, check=True):
                  "--directions", "eng-pig,eng-upp", "--beam", "2", "--unit", "50", *extra], env, root, check=check)
 
 
-@pytest.mark.exclusive
 def test_two_shards_write_a_corpus_a_student_can_use(teacher, mmtc_env):
     root, manifest = teacher
     distill(root, manifest, mmtc_env, "kd", "--nproc", "2")

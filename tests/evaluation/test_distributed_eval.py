@@ -34,7 +34,6 @@ def test_every_batch_is_decoded_by_exactly_one_rank_balanced_by_tokens():
     assert _my_batches(batches, lengths, dist(0, 1)) == list(range(len(batches)))
 
 
-@pytest.mark.exclusive
 @pytest.mark.slow
 def test_two_rank_stage_end_decoding_equals_one_process(two_rank_ref, mmtc_env, tmp_path):
     """The reference run's stage ends were decoded by its 2 ranks; `mmtc eval` decodes the same

@@ -45,7 +45,6 @@ def test_reads_a_window_at_a_time(tiny_run):
     assert len(sink.getvalue().splitlines()) == 12
 
 
-@pytest.mark.exclusive
 @pytest.mark.slow
 def test_file_translation_equals_eval_in_one_and_two_processes(tiny_run, mmtc_env):
     root, run, tag = tiny_run

@@ -40,7 +40,6 @@ def weights(run_dir):
     return torch.load(run_dir / "checkpoints" / tag / "consolidated.pt")
 
 
-@pytest.mark.exclusive
 def test_one_process_equals_two_under_zero2_and_zero3(tmp_path, mmtc_env):
     # GradVac per layer: the most shard-dependent method (a Gram matrix per layer block)
     surgery = "{method: gradvac, tasks: directions, granularity: layer, beta: 0.5}"
