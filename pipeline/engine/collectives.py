@@ -4,6 +4,7 @@ translation and reports can use them without importing the engine."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,31 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective for a peer: MMTC_COLLECTIVE_TIMEOUT seconds (default
+    1800, torch's). A lost rank whose socket stays open (a hung process, a host cut off) is then
+    reported after this rather than never. An environment setting, not a recipe key: it changes
+    no result, so a resume with another value is no change of recipe."""
+    raw = os.environ.get("MMTC_COLLECTIVE_TIMEOUT", "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ValueError(f"MMTC_COLLECTIVE_TIMEOUT={raw!r}: expected a number of seconds > 0")
+    return datetime.timedelta(seconds=seconds)
+
+
+def bound_every_group(timeout: datetime.timedelta) -> None:
+    """Make `timeout` the default of every process group created from now on. DeepSpeed's groups
+    (the clone of the world group that gradient clipping and ZeRO's reductions use, and any
+    data-parallel group) come from dist.new_group without a timeout, which torch fills with its
+    module default (30 minutes), not the world group's: a rank hung in such a collective was waited
+    for half an hour whatever MMTC_COLLECTIVE_TIMEOUT said (seen in the two-host test)."""
+    c10d.default_pg_timeout = timeout
+    c10d.default_pg_nccl_timeout = timeout
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ ZeRO consolidation, optimizer resets included): the rest of the package stays fr
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -21,12 +20,18 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-import torch.distributed.distributed_c10d as c10d  # noqa: E402
 from deepspeed.utils import safe_get_local_grad, safe_set_full_fp32_param, safe_set_local_grad  # noqa: E402
 
 from pipeline.config import PACKAGE_ROOT, RecipeConfig  # noqa: E402
 from pipeline.core.hostinfo import usable_cores  # noqa: E402
-from pipeline.engine.collectives import Dist, all_reduce_sum, free_port, record_peers  # noqa: E402
+from pipeline.engine.collectives import (  # noqa: E402
+    Dist,
+    all_reduce_sum,
+    bound_every_group,
+    collective_timeout,
+    free_port,
+    record_peers,
+)
 from pipeline.engine.held_bytes import count_held, inner_torch_optimizer  # noqa: E402
 from pipeline.engine.lr_schedule import StepSchedule  # noqa: E402
 from pipeline.engine.optim import SkippableAdamW  # noqa: E402
@@ -49,31 +54,6 @@ def release_shm_buffer(rank: int) -> None:
     dist.barrier()
     with contextlib.suppress(FileNotFoundError):
         shm_buffer_path(rank).unlink()
-
-
-def collective_timeout() -> datetime.timedelta:
-    """How long a rank waits in a collective for a peer: MMTC_COLLECTIVE_TIMEOUT seconds (default
-    1800, torch's). A lost rank whose socket stays open (a hung process, a host cut off) is then
-    reported after this rather than never. An environment setting, not a recipe key: it changes
-    no result, so a resume with another value is no change of recipe."""
-    raw = os.environ.get("MMTC_COLLECTIVE_TIMEOUT", "1800")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1
-    if seconds <= 0:
-        raise ValueError(f"MMTC_COLLECTIVE_TIMEOUT={raw!r}: expected a number of seconds > 0")
-    return datetime.timedelta(seconds=seconds)
-
-
-def bound_every_group(timeout: datetime.timedelta) -> None:
-    """Make `timeout` the default of every process group created from now on. DeepSpeed's groups
-    (the clone of the world group that gradient clipping and ZeRO's reductions use, and any
-    data-parallel group) come from dist.new_group without a timeout, which torch fills with its
-    module default (30 minutes), not the world group's: a rank hung in such a collective was waited
-    for half an hour whatever MMTC_COLLECTIVE_TIMEOUT said (seen in the two-host test)."""
-    c10d.default_pg_timeout = timeout
-    c10d.default_pg_nccl_timeout = timeout
 
 
 def setup_distributed(threads: int | None = None) -> Dist:

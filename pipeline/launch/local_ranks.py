@@ -30,8 +30,8 @@ GRACE_S = 30.0
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
-def rank_env(rank: int, world: int, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    env = dict(os.environ)
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -75,28 +75,21 @@ def supervise(cmd: Sequence[str], nproc: int, grace_s: float = GRACE_S) -> int:
 
 
 def _wait_all(procs: list[subprocess.Popen], grace_s: float) -> int:
-    first_failure: int | None = None
+    """The exit code of the run; returns with workers still running only past the grace period after a
+    failure (supervise kills them)."""
+    failure: int | None = None
     deadline = float("inf")
     while True:
         codes = [p.poll() for p in procs]
-        for c in codes:
-            if first_failure is None and c not in (None, 0, EXIT_PREEMPTED):
-                first_failure = exit_code(c)
+        if failure is None:
+            failure = next((exit_code(c) for c in codes if c not in (None, 0, EXIT_PREEMPTED)), None)
+            if failure is not None:
                 deadline = time.monotonic() + grace_s
-        if all(c is not None for c in codes):
-            break
+        if None not in codes:
+            return failure if failure is not None else next((exit_code(c) for c in codes if c != 0), 0)
         if time.monotonic() > deadline:
-            alive = [r for r, p in enumerate(procs) if p.poll() is None]
+            alive = [r for r, c in enumerate(codes) if c is None]
             print(f"mmtc: rank {', '.join(map(str, alive))} still running {grace_s:.0f} s after a rank failed "
-                  f"(exit {first_failure}): killed", file=sys.stderr, flush=True)
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-            for p in procs:
-                p.wait()
-            break
+                  f"(exit {failure}): killed", file=sys.stderr, flush=True)
+            return failure
         time.sleep(0.05)
-    finals = [exit_code(p.returncode) for p in procs]
-    if first_failure is not None:
-        return first_failure
-    return next((c for c in finals if c != 0), 0)
