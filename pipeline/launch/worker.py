@@ -150,15 +150,18 @@ def main() -> None:
 
 
 def leave(code: int) -> None:
-    """Exit with `code`, leaving the process group the normal way, except after a lost rank: its
-    barrier would wait for the lost peer, and a broken group can hang the interpreter's teardown."""
-    if code == EXIT_LOST_RANK:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    shutdown()
-    sys.exit(code)
-
+    """Exit with `code` without the interpreter's teardown. The process group is left first, the
+    normal way (barrier, destroy), except after a lost rank, whose barrier would wait for the lost
+    peer. Then os._exit: at finalization a gloo worker thread can still hold work whose tensors
+    keep Python references, and freeing them without a live interpreter aborts a rank that finished
+    ("terminate called without an active exception", exit 134: once in CI after a complete ZeRO-2
+    run, ~1 in 500 multi-rank runs; pytorch/pytorch#179291). Everything the run writes is closed or
+    committed by now, and the kernel closes the run lock's descriptor."""
+    if code != EXIT_LOST_RANK:
+        shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 if __name__ == "__main__":
     main()
