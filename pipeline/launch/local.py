@@ -76,6 +76,7 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
     import torch
 
     from pipeline.data.prepare import copy_tokenizer, load_corpus, record_corpus
+    from pipeline.engine.collectives import shutdown
     from pipeline.launch.worker import train_main
 
     print(f"run directory: {run.path}", flush=True)
@@ -93,7 +94,10 @@ def start(run: RunDir, recipe: RecipeConfig, nproc: int, resume: bool, allow: se
         raise
     allow = allow or set()
     if nproc <= 1:
-        return train_main(str(run.path), resume=resume, corpus=corpus, allow=frozenset(allow))
+        try:
+            return train_main(str(run.path), resume=resume, corpus=corpus, allow=frozenset(allow))
+        finally:
+            shutdown()  # while the interpreter is alive: see worker.leave
     return launch(run.path, nproc, resume, ",".join(sorted(allow)))
 
 
