@@ -70,15 +70,15 @@ def setup_distributed(threads: int | None = None) -> Dist:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     torch.set_num_threads(threads or max(1, usable_cores() // max(1, local_world)))
     if not dist.is_initialized():
-        bound_every_group(collective_timeout())
+        timeout = collective_timeout()
+        bound_every_group(timeout)
         if world == 1:
             # Alone, the process group needs no rendezvous: an in-process store, not a TCPStore on a
             # free port (whose self-connection hung once in a few hundred single-process test runs,
             # in _create_c10d_store). DeepSpeed then finds the group initialised and adopts it.
             dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
-                                    timeout=collective_timeout())
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False,
-                                   timeout=collective_timeout())
+                                    timeout=timeout)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False, timeout=timeout)
         if not cuda and world > 1:
             release_shm_buffer(rank)
         record_peers()

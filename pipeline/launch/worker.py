@@ -163,5 +163,6 @@ def leave(code: int) -> None:
     sys.stderr.flush()
     os._exit(code)
 
+
 if __name__ == "__main__":
     main()
